@@ -1,0 +1,1 @@
+"""mailgate: a secure mail gateway."""
