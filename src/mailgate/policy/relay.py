@@ -1,0 +1,81 @@
+"""The relay decision for each recipient (Postfix permit_mynetworks, reject_unauth_destination).
+
+Deny by default: a recipient is accepted only when the client is in a trusted network (any
+domain), or when the recipient is in a local domain and carries no sender-specified routing.
+Everything else gets `554 5.7.1 <address>: Relay access denied`, whatever the address form
+(see mailgate.smtp.address for the forms that are normalised or flagged before this point).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from mailgate.types import Mailbox
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RelayVerdict(Enum):
+    TRUSTED = "trusted network"
+    LOCAL = "local domain"
+    DENIED = "relay access denied"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDecision:
+    verdict: RelayVerdict
+    reason: str
+
+    @property
+    def permitted(self) -> bool:
+        return self.verdict is not RelayVerdict.DENIED
+
+
+def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse a peer address; an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class TrustedNetworks:
+    """Membership test for the trusted networks (Postfix mynetworks)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks
+        )
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, str) or not self.networks:
+            return False
+        try:
+            addr = client_ip(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+
+class RelayPolicy:
+    def __init__(self, local_domains: Iterable[str]) -> None:
+        self.local_domains = frozenset(local_domains)
+
+    def decide(self, recipient: Mailbox, *, trusted: bool) -> RelayDecision:
+        if trusted:
+            return RelayDecision(RelayVerdict.TRUSTED, "client in trusted networks")
+        if recipient.routed:
+            return RelayDecision(
+                RelayVerdict.DENIED, "sender-specified routing from an untrusted client"
+            )
+        if recipient.literal:
+            return RelayDecision(RelayVerdict.DENIED, "address literal is not a local domain")
+        if recipient.domain in self.local_domains:
+            return RelayDecision(RelayVerdict.LOCAL, f"local domain {recipient.domain}")
+        return RelayDecision(RelayVerdict.DENIED, f"{recipient.domain} is not a local domain")

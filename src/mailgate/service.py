@@ -1,0 +1,235 @@
+"""The composition root: builds every part of the gateway from the configuration, starts it,
+applies saved configuration changes while running, and stops it cleanly.
+
+Only this module knows all the parts; each of them receives what it needs (configuration
+snapshot, resolver, spool, executor) as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailgate.config.model import DnsSettings
+from mailgate.config.repository import ConfigRepository
+from mailgate.config.runtime import ConfigHolder, RuntimeConfig
+from mailgate.config.service import ConfigService
+from mailgate.control import ControlServer
+from mailgate.dns import DnsPythonResolver, Resolver
+from mailgate.intake import Intake
+from mailgate.queue.delivery import Deliverer
+from mailgate.queue.manager import QueueManager
+from mailgate.queue.scheduler import Scheduler
+from mailgate.queue.spool import Spool
+from mailgate.smtp.server import SmtpServer
+from mailgate.store.db import make_engine
+from mailgate.store.migrate import ensure_schema
+
+log = logging.getLogger("mailgate.master")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MAILGATE_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/mailgate")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailgate"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.data_dir / "mailgate.lock"
+
+    def store_url(self, override: str | None = None) -> str:
+        return (
+            override or os.environ.get("MAILGATE_STORE") or f"sqlite:///{self.data_dir}/mailgate.db"
+        )
+
+
+def make_resolver(settings: DnsSettings) -> Resolver:
+    return DnsPythonResolver(list(settings.nameservers) or None, timeout=settings.timeout)
+
+
+class Gateway:
+    """One running mailgate node."""
+
+    def __init__(self, data_dir: Path, store_url: str | None = None, poll_interval: float = 1.0):
+        self.paths = Paths(data_dir)
+        self.store_url = self.paths.store_url(store_url)
+        self.poll_interval = poll_interval
+        self._stopping = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        self.paths.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_lock()
+        loop = asyncio.get_running_loop()
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mailgate-io")
+        self.engine = make_engine(self.store_url)
+        await loop.run_in_executor(self.executor, ensure_schema, self.store_url, self.engine)
+        self.config_service = ConfigService(ConfigRepository(self.engine))
+        revision = await loop.run_in_executor(self.executor, self.config_service.current)
+        self.holder = ConfigHolder(RuntimeConfig(revision.id, revision.config))
+        self._dns_settings = revision.config.advanced.dns
+        self.resolver = make_resolver(self._dns_settings)
+        self.spool = Spool(self.paths.spool)
+        self.server: SmtpServer | None = None
+        deliverer = Deliverer(
+            lambda: self.resolver,
+            lambda: self.holder.current.config,
+            lambda: self.server.bound_addresses() if self.server else set(),
+        )
+        self.scheduler = Scheduler(
+            spool=self.spool,
+            deliverer=deliverer,
+            runtime=lambda: self.holder.current,
+            executor=self.executor,
+        )
+        self.intake = Intake(self.scheduler)
+        self.server = SmtpServer(self.holder, self.intake, self.spool)
+        self.queue = QueueManager(self.spool, self.scheduler)
+        recovered = await self.scheduler.recover()
+        if recovered:
+            log.info("recovered %d queued message(s)", recovered)
+        self.scheduler.start()
+        await self.server.start()
+        self.control = ControlServer(self.paths.control_socket, self._control_handlers())
+        await self.control.start()
+        self._tasks.append(asyncio.create_task(self._watch_config()))
+        log.info(
+            "mailgate started: configuration revision %d, store %s, spool %s",
+            revision.id, _safe_url(self.store_url), self.paths.spool,
+        )  # fmt: skip
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another mailgate is running with {self.paths.data_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def reload(self) -> int:
+        """Apply the newest saved configuration if it differs from the running one."""
+        loop = asyncio.get_running_loop()
+        current_id = await loop.run_in_executor(
+            self.executor, self.config_service.repository.current_id
+        )
+        if current_id is None or current_id == self.holder.current.revision:
+            return self.holder.current.revision
+        revision = await loop.run_in_executor(
+            self.executor, self.config_service.repository.get, current_id
+        )
+        if revision is None:
+            return self.holder.current.revision
+        runtime = RuntimeConfig(revision.id, revision.config)
+        self.holder.swap(runtime)
+        if revision.config.advanced.dns != self._dns_settings:
+            self._dns_settings = revision.config.advanced.dns
+            self.resolver = make_resolver(self._dns_settings)
+        assert self.server is not None
+        try:
+            await self.server.apply(runtime)
+        except (OSError, ValueError) as exc:
+            log.error("configuration revision %d: listeners not changed: %s", revision.id, exc)
+        log.info("configuration revision %d applied (by %s)", revision.id, revision.author)
+        return revision.id
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.reload()
+            except Exception:  # the store may be briefly unreachable; keep serving mail
+                log.exception("cannot read the configuration store")
+
+    def _control_handlers(self) -> dict[str, Any]:
+        queue = self.queue
+
+        async def ping(_: dict[str, Any]) -> Any:
+            return {"pid": os.getpid(), "revision": self.holder.current.revision}
+
+        async def reload(_: dict[str, Any]) -> Any:
+            return {"revision": await self.reload()}
+
+        async def queue_list(_: dict[str, Any]) -> Any:
+            return [item.to_json() for item in queue.list()]
+
+        async def queue_show(request: dict[str, Any]) -> Any:
+            item, content = queue.show(str(request["qid"]))
+            return {"item": item.to_json(), "content": content.decode("utf-8", "replace")}
+
+        async def queue_flush(_: dict[str, Any]) -> Any:
+            return queue.flush()
+
+        def one(method: Any) -> Any:
+            async def run(request: dict[str, Any]) -> Any:
+                return method(str(request["qid"]))
+
+            return run
+
+        return {
+            "ping": ping,
+            "reload": reload,
+            "queue.list": queue_list,
+            "queue.show": queue_show,
+            "queue.flush": queue_flush,
+            "queue.hold": one(queue.hold),
+            "queue.release": one(queue.release),
+            "queue.delete": one(queue.delete),
+        }
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.server is not None:
+            await self.server.stop()
+        await self.control.stop()
+        await self.scheduler.stop()
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("mailgate stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url

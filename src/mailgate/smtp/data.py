@@ -1,0 +1,75 @@
+"""Message content as received after DATA (RFC 5321 sections 4.1.1.4 and 4.5.2).
+
+Security note (SMTP smuggling): the session ends DATA only at <CR><LF>.<CR><LF>; this module
+then turns every bare CR and bare LF into CRLF, so the stored content has one line-ending
+form and, dot-stuffed again on delivery, can never carry an end-of-data sequence that another
+server would read differently.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.utils import format_datetime
+
+from mailgate.smtp.address import printable
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
+END_OF_DATA = b"\r\n.\r\n"
+
+
+def normalize(raw: bytes) -> bytes:
+    """Canonical CRLF line ends and dot-unstuffing of the raw DATA payload.
+
+    `raw` is everything between the 354 reply and the end-of-data line, ending with the
+    CRLF that precedes the final dot.
+    """
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raw = _LINE_END.sub(b"\r\n", raw)
+    if raw and not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    # RFC 5321 4.5.2: a line starting with a period lost one period to transparency.
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    return raw.replace(b"\r\n.", b"\r\n")
+
+
+def header_section(content: bytes) -> bytes:
+    """The header section including its final CRLF (the whole message if no body)."""
+    end = content.find(b"\r\n\r\n")
+    if content.startswith(b"\r\n"):
+        return b""
+    return content if end < 0 else content[: end + 2]
+
+
+def count_hops(header: bytes) -> int:
+    return len(_RECEIVED.findall(header))
+
+
+def received_header(
+    *,
+    helo: str,
+    client_name: str,
+    client_ip: str,
+    hostname: str,
+    proto: str,
+    qid: str,
+    recipient: str | None,
+    when: datetime,
+    tls: str | None = None,
+) -> str:
+    """A Received header (RFC 5321 section 4.4) in Postfix's layout, folded, CRLF-terminated."""
+    helo_text = printable(helo or client_ip, 255).replace("(", "").replace(")", "")
+    ip_text = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    lines = [f"Received: from {helo_text} ({client_name} [{ip_text}])"]
+    if tls:
+        lines.append(f"\t({printable(tls, 200)})")
+    lines.append(f"\tby {hostname} (mailgate) with {proto} id {qid}")
+    stamp = format_datetime(when)
+    if recipient is not None:
+        lines.append(f"\tfor <{printable(recipient, 300)}>; {stamp}")
+    else:
+        lines[-1] += f"; {stamp}"
+    return "\r\n".join(lines) + "\r\n"

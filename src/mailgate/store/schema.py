@@ -1,0 +1,27 @@
+"""Tables of the store (SQLAlchemy Core). Alembic migrations in `migrations/` create them.
+
+`SCHEMA_HEAD` names the newest migration; the server compares it with the database's
+`alembic_version` at start-up and runs the migrations only when they differ (a test keeps this
+constant equal to Alembic's head).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+
+SCHEMA_HEAD = "0001"
+
+metadata = MetaData()
+
+config_revisions = Table(
+    "config_revisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # The revision this one was made from (0 for the first): unique, so two concurrent saves
+    # made from the same revision cannot both land and one silently undo the other.
+    Column("parent_id", Integer, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("document", Text, nullable=False),
+)
