@@ -548,7 +548,7 @@ class SmtpSession(asyncio.Protocol):
         if new_transport is None:
             self._mode = _CLOSED
             return
-        self.transport = cast(asyncio.Transport, new_transport)
+        self.transport = new_transport
         self.tls = True
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
