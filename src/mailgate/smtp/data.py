@@ -15,6 +15,7 @@ from email.utils import format_datetime
 from mailgate.smtp.address import printable
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_STUFFED = re.compile(rb"(?:^|(?<=\r\n))\.(?!\r\n)")
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 END_OF_DATA = b"\r\n.\r\n"
 
@@ -26,14 +27,19 @@ def normalize(raw: bytes) -> bytes:
     CRLF that precedes the final dot.
     """
     crlf = raw.count(b"\r\n")
-    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
-        raw = _LINE_END.sub(b"\r\n", raw)
-    if raw and not raw.endswith(b"\r\n"):
+    if raw.count(b"\n") == crlf and raw.count(b"\r") == crlf:
+        # RFC 5321 4.5.2: a line starting with a period lost one period to transparency.
+        # In a CRLF-only stream a lone "." line would have ended DATA, so every line that
+        # starts with a period has more on it.
+        if raw.startswith(b"."):
+            raw = raw[1:]
+        return raw.replace(b"\r\n.", b"\r\n")
+    raw = _LINE_END.sub(b"\r\n", raw)
+    if not raw.endswith(b"\r\n"):
         raw += b"\r\n"
-    # RFC 5321 4.5.2: a line starting with a period lost one period to transparency.
-    if raw.startswith(b"."):
-        raw = raw[1:]
-    return raw.replace(b"\r\n.", b"\r\n")
+    # After bare CR/LF became CRLF, a lone "." line can exist: it is content, kept as it is
+    # (a period is removed only when other characters follow it on the line).
+    return _STUFFED.sub(b"", raw)
 
 
 def header_section(content: bytes) -> bytes:

@@ -1,0 +1,100 @@
+"""Fixtures shared by the integration and end-to-end tests: a gateway on its own loopback
+address, capture sinks standing in for next hops, and SMTP clients bound to chosen source
+addresses (so "trusted" and "untrusted" clients are real distinctions)."""
+
+from __future__ import annotations
+
+import copy
+import smtplib
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.testing.gateway import GatewayThread
+from mailgate.testing.sink import Sink
+
+# The addresses of the seed's topology (SPEC section 1).
+BORDER_IP = "127.0.0.10"
+GATEWAY_IP = "127.0.0.20"
+INTERNAL_IP = "127.0.0.30"
+INTERNET_IP = "127.0.0.50"
+EXTERNAL_CLIENT_IP = "127.0.0.100"
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def gateway_config(port: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A gateway on 127.0.0.20:port with short retry times; `extra` is merged in."""
+    base: dict[str, Any] = {
+        "main": {"hostname": "mailgate.test", "smtp_listen": [f"{GATEWAY_IP}:{port}"]},
+        "advanced": {
+            "queue": {"minimal_backoff_time": 1, "maximal_backoff_time": 2},
+            "delivery": {"bind_address": GATEWAY_IP, "connect_timeout": 5},
+            "limits": {"error_sleep_time": 0},
+        },
+    }
+    return merge(base, extra or {})
+
+
+class Gateway(GatewayThread):
+    """A GatewayThread with the helpers tests use."""
+
+    port: int
+
+    def client(self, source: str = EXTERNAL_CLIENT_IP, timeout: float = 10) -> smtplib.SMTP:
+        return smtplib.SMTP(GATEWAY_IP, self.port, source_address=(source, 0), timeout=timeout)
+
+    def flush(self) -> None:
+        self.control("queue.flush")
+
+    def queue(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.control("queue.list")
+        return result
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def start(extra: dict[str, Any] | None = None, name: str = "gw") -> Gateway:
+        port = free_port(GATEWAY_IP)
+        gateway = Gateway(tmp_path / name, gateway_config(port, extra))
+        gateway.port = port
+        gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def start_sink() -> Iterator[Callable[..., Sink]]:
+    started: list[Sink] = []
+
+    def start(host: str = INTERNAL_IP, port: int = 0, **options: Any) -> Sink:
+        sink = Sink(host=host, port=port, **options).start()
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in started:
+        sink.stop()
