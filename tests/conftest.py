@@ -98,3 +98,27 @@ def start_sink() -> Iterator[Callable[..., Sink]]:
     yield start
     for sink in started:
         sink.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    """Poll `predicate` until it returns something true, or fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[tuple[Any, str]]:
+    """A DNS server on loopback; yields (zone, "ip:port" for advanced.dns.nameservers)."""
+    from mailgate.testing.dns_server import DnsServer, DnsZone
+
+    zone = DnsZone()
+    with DnsServer(zone, host="127.0.0.53") as server:
+        yield zone, server.address

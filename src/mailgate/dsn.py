@@ -149,9 +149,10 @@ def _status_fields(original: Envelope, reports: Sequence[RecipientReport], host:
     return "\r\n\r\n".join(blocks) + "\r\n"
 
 
-def dsn_envelope(original: Envelope, qid: str, size: int, now: float) -> Envelope:
+def dsn_envelope(original: Envelope, qid: str, size: int, now: float, hostname: str) -> Envelope:
     """The envelope of a DSN for `original`: null sender, to the original sender."""
     domain = original.sender.rpartition("@")[2].lower()
+    stamp = format_datetime(datetime.fromtimestamp(now).astimezone())
     return Envelope(
         qid=qid,
         sender="",
@@ -161,6 +162,7 @@ def dsn_envelope(original: Envelope, qid: str, size: int, now: float) -> Envelop
         size=size,
         body="8BITMIME",
         smtputf8=original.smtputf8,
+        prepend=f"Received: by {_line(hostname, 200)} (mailgate) id {qid}; {stamp}\r\n",
     )
 
 

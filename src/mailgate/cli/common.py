@@ -43,7 +43,7 @@ class Context:
     def change(self, edit: Edit, comment: str) -> Revision:
         """Apply an edit, report it, and have a running gateway apply it now."""
         try:
-            revision = self.config_service().update(edit, author=_author(), comment=comment)
+            revision = self.config_service().update(edit, author=author(), comment=comment)
         except ConfigError as exc:
             fail_config(exc)
         except ConflictError as exc:
@@ -76,7 +76,7 @@ class Context:
             return None
 
 
-def _author() -> str:
+def author() -> str:
     import getpass
 
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mailgate.cli.common import Context, fail, fail_config
+from mailgate.cli.common import Context, author, fail, fail_config
 from mailgate.config.model import ConfigError
 from mailgate.config.repository import ConflictError
 
@@ -40,7 +40,7 @@ def import_(ctx: Context, file: str) -> None:
     except OSError as exc:
         fail(f"{file}: {exc.strerror}", 2)
     try:
-        revision = ctx.config_service().import_text(text, author="cli")
+        revision = ctx.config_service().import_text(text, author=author())
     except ConfigError as exc:
         fail_config(exc)
     except ConflictError as exc:

@@ -20,7 +20,11 @@ def _route(route: str | None, port: int | None, mx_lookup: bool) -> dict[str, An
         host, parsed_port = split_host_port(text, 25)
     except ValueError as exc:
         fail(str(exc), 2)
-    return {"host": host, "port": port or parsed_port, "mx_lookup": mx_lookup}
+    return {
+        "host": host,
+        "port": port if port is not None else parsed_port,
+        "mx_lookup": mx_lookup,
+    }
 
 
 _ROUTE_HELP = "Next hop for this domain: HOST, HOST:PORT, [IPv6]:PORT."

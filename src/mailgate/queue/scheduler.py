@@ -321,13 +321,15 @@ class Scheduler:
             elif outcome.status == "bounced":
                 entry.status[outcome.index] = _BOUNCED
                 self.bounced += 1
+                remote_host = outcome.remote.partition("[")[0] if outcome.remote else None
                 entry.reports.append(
                     RecipientReport(
-                        recipient, "failed", outcome.dsn, outcome.diagnostic, outcome.remote
+                        recipient, "failed", outcome.dsn, outcome.diagnostic, remote_host
                     )
                 )
             else:
-                entry.last[outcome.index] = (outcome.dsn, outcome.diagnostic, outcome.remote)
+                remote_host = outcome.remote.partition("[")[0] if outcome.remote else None
+                entry.last[outcome.index] = (outcome.dsn, outcome.diagnostic, remote_host)
         self._release(entry)
 
     def _release(self, entry: Entry) -> None:
@@ -435,7 +437,7 @@ class Scheduler:
             hostname=runtime.hostname,
             now=datetime.fromtimestamp(now).astimezone(),
         )
-        dsn = dsn_envelope(envelope, qid, len(content), now)
+        dsn = dsn_envelope(envelope, qid, len(content), now, runtime.hostname)
         try:
             await self.enqueue(dsn, content)
         except OSError as exc:
