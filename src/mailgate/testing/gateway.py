@@ -95,6 +95,8 @@ class GatewayThread(_Node):
 
     def start(self, timeout: float = 30.0) -> Self:
         write_config(self.data_dir, self._config, self.store_url)
+        self._ready = threading.Event()
+        self._error = None
         self._thread = threading.Thread(target=self._run, name="mailgate-gateway", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
