@@ -152,8 +152,9 @@ def test_kill_minus_9_under_load_loses_no_acknowledged_message(
     kills = 0
     try:
         with Load(port, clients=12) as load:
-            for _ in range(5):
-                wait_until(lambda: len(load.acked) >= 50 * (kills + 1), 60, "load")
+            for round_number in range(1, 6):
+                target = 50 * round_number
+                wait_until(lambda: len(load.acked) >= target, 60, "load")  # noqa: B023
                 time.sleep(rng.uniform(0.05, 0.6))  # a random instant under load
                 gw.kill()
                 kills += 1
