@@ -294,3 +294,19 @@ def test_route_to_itself_bounces_as_a_loop(
     _, (fields,), _ = dsn_parts(bounce.data)
     assert fields["Status"] == "5.4.6"
     assert "loops back to myself" in fields["Diagnostic-Code"]
+
+
+def test_ipv6_route_and_address_literals(
+    start_gateway: Callable[..., Gateway], start_sink: Callable[..., Sink]
+) -> None:
+    v6 = start_sink("::1")
+    literal = start_sink("127.0.0.65", 25)
+    gw = start_gateway({
+        "domains": [{"name": "v6.test", "local": False, "route": {"host": "[IPv6:::1]", "port": v6.port}}],
+        "main": {"trusted_networks": [f"{TRUSTED_IP}/32"]},
+    })  # fmt: skip
+    assert gw.config_service().current().config.domains[0].route.host == "::1"  # type: ignore[union-attr]
+    send(gw, "a@example.com", ["x@v6.test", "y@[127.0.0.65]"], b"Subject: v6\r\n\r\nx\r\n",
+         source=TRUSTED_IP)  # fmt: skip
+    assert v6.wait_for(1)[0].rcpt_to == ["x@v6.test"]
+    assert literal.wait_for(1)[0].rcpt_to == ["y@[127.0.0.65]"]
