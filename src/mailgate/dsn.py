@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-from mailgate.smtp.address import AddressError, parse_domain
+from mailgate.smtp.address import AddressError, parse_path
 from mailgate.smtp.data import header_section
 from mailgate.types import ClientInfo, Envelope, Recipient
 
@@ -151,12 +151,11 @@ def _status_fields(original: Envelope, reports: Sequence[RecipientReport], host:
 
 def dsn_envelope(original: Envelope, qid: str, size: int, now: float, hostname: str) -> Envelope:
     """The envelope of a DSN for `original`: null sender, to the original sender."""
-    domain = original.sender.rpartition("@")[2].lower()
     stamp = format_datetime(datetime.fromtimestamp(now).astimezone())
     return Envelope(
         qid=qid,
         sender="",
-        recipients=[Recipient(address=original.sender, domain=_routing_domain(domain))],
+        recipients=[Recipient(address=original.sender, domain=_routing_domain(original.sender))],
         client=ClientInfo(ip="127.0.0.1", helo="", name="localhost", proto="local"),
         arrival=now,
         size=size,
@@ -166,10 +165,11 @@ def dsn_envelope(original: Envelope, qid: str, size: int, now: float, hostname: 
     )
 
 
-def _routing_domain(domain: str) -> str:
-    if domain.startswith("["):
-        return domain
+def _routing_domain(sender: str) -> str:
+    """The canonical domain of the sender's address (as policy and routing compare them)."""
     try:
-        return parse_domain(domain)
+        mailbox = parse_path(sender, allow_null=False)
     except AddressError:
-        return domain
+        return sender.rpartition("@")[2].lower()
+    assert mailbox is not None
+    return mailbox.domain

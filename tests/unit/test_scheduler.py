@@ -163,7 +163,9 @@ def test_backoff_doubles_up_to_the_maximum(tmp_path: Path) -> None:
 
 
 def test_queue_lifetime_bounces_with_a_dsn(tmp_path: Path) -> None:
-    scheduler, deliverer, clock, _spool = make(tmp_path, {"queue": {"maximal_queue_lifetime": 1000}})
+    scheduler, deliverer, clock, _spool = make(
+        tmp_path, {"queue": {"maximal_queue_lifetime": 1000}}
+    )
     deliverer.replies["a.test"] = "deferred"
 
     async def body() -> None:

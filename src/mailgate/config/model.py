@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -425,14 +426,18 @@ class Config(_Section):
         default_factory=AdvancedSettings, description="Advanced settings."
     )
 
-    @model_validator(mode="after")
-    def _unique_domains(self) -> Config:
-        seen: set[str] = set()
-        for domain in self.domains:
+    @field_validator("domains")
+    @classmethod
+    def _unique_domains(cls, domains: list[Domain]) -> list[Domain]:
+        seen: dict[str, int] = {}
+        for index, domain in enumerate(domains):
             if domain.name in seen:
-                raise ValueError(f"domain {domain.name} is listed twice")
-            seen.add(domain.name)
-        return self
+                raise ValueError(
+                    f"{domain.name} is listed twice (domains[{seen[domain.name]}] and "
+                    f"domains[{index}])"
+                )
+            seen[domain.name] = index
+        return domains
 
     def domain(self, name: str) -> Domain | None:
         for domain in self.domains:

@@ -123,6 +123,7 @@ class Spool:
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode()
         incoming = self.path(envelope.qid, "incoming")
         final = self.path(envelope.qid)
+        linked = False
         try:
             fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -131,12 +132,14 @@ class Spool:
             finally:
                 os.close(fd)
             os.link(incoming, final)
+            linked = True
             os.unlink(incoming)
             self._queue_syncer.sync()
         except OSError as exc:
             _unlink_quietly(incoming)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if linked:  # ours, but the client will not hear 250: do not deliver it
                 _unlink_quietly(final)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoStorage(exc.errno, "insufficient storage") from exc
             raise
 

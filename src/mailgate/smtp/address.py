@@ -113,13 +113,13 @@ def parse_domain(text: str) -> str:
     if not text or len(text) > MAX_DOMAIN_LENGTH * 4:
         raise AddressError("bad domain")
     if text.isascii():
-        labels = text.split(".")
+        ascii_domain = text.lower()
+        labels = ascii_domain.split(".")
         for label in labels:
             if not label or len(label) > MAX_LABEL_LENGTH:
                 raise AddressError("bad domain label")
             if not _LDH.issuperset(label) or label[0] == "-" or label[-1] == "-":
                 raise AddressError("bad domain label")
-        ascii_domain = text.lower()
         if any(label.startswith("xn--") for label in labels):
             # A client-supplied A-label must decode, or two spellings of one name could differ.
             try:
@@ -180,12 +180,12 @@ def _check_local_part(local: str) -> tuple[bool, bool]:
             ch = local[i]
             if ch == "\\":
                 nxt = local[i + 1]
-                if not (" " <= nxt <= "~") and nxt.isascii():
+                if not (" " <= nxt <= "~" or (not nxt.isascii() and nxt.isprintable())):
                     raise AddressError("bad quoted pair")
                 content.append(nxt)
                 i += 2
                 continue
-            if ch.isascii() and not (" " <= ch <= "~"):
+            if not (" " <= ch <= "~" or (not ch.isascii() and ch.isprintable())):
                 raise AddressError("control character in quoted local part")
             content.append(ch)
             i += 1

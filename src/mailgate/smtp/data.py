@@ -28,6 +28,8 @@ def normalize(raw: bytes) -> bytes:
     """
     crlf = raw.count(b"\r\n")
     if raw.count(b"\n") == crlf and raw.count(b"\r") == crlf:
+        if raw and not raw.endswith(b"\r\n"):
+            raw += b"\r\n"
         # RFC 5321 4.5.2: a line starting with a period lost one period to transparency.
         # In a CRLF-only stream a lone "." line would have ended DATA, so every line that
         # starts with a period has more on it.

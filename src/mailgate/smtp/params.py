@@ -13,6 +13,7 @@ from mailgate.smtp import codes
 from mailgate.types import Reply
 
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
@@ -51,12 +52,21 @@ def _split(text: str) -> list[tuple[str, str | None]]:
 
 
 def xtext_decode(text: str) -> str:
-    """Decode RFC 3461 xtext ("+HH" escapes); raise ValueError on bad input."""
+    """Decode RFC 3461 xtext ("+HH" escapes of UTF-8 bytes); raise ValueError on bad input."""
     if any(ch < "!" or ch > "~" or ch == "=" for ch in text):
         raise ValueError("bad xtext character")
     if "+" in _XTEXT_HEX.sub("", text):
         raise ValueError("bad xtext escape")
-    return _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), text)
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "+":
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += text[i].encode("ascii")
+            i += 1
+    return out.decode("utf-8")  # invalid UTF-8 raises UnicodeDecodeError, a ValueError
 
 
 def xtext_encode(text: str) -> str:
@@ -70,7 +80,7 @@ def parse_mail_params(text: str, *, smtputf8_enabled: bool = True) -> MailParams
     params = MailParams()
     for key, value in _split(text):
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not _DIGITS.match(value):
                 raise ParamError(codes.bad_parameter("SIZE"))
             params.size = int(value)
         elif key == "BODY":

@@ -1,0 +1,249 @@
+"""Message content after DATA (mailgate.smtp.data): line ends, dot-unstuffing (RFC 5321 section
+4.5.2), the header section, hop counting and the Received header (RFC 5321 section 4.4).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+
+import pytest
+
+from mailgate.smtp.data import count_hops, header_section, normalize, received_header
+
+WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+STAMP = "Tue, 02 Jan 2024 03:04:05 +0000"
+
+
+# -- normalize -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # CRLF is kept as it is.
+        (b"Subject: x\r\n\r\nbody\r\n", b"Subject: x\r\n\r\nbody\r\n"),
+        # Bare LF and bare CR become CRLF.
+        (b"Subject: x\n\nbody\n", b"Subject: x\r\n\r\nbody\r\n"),
+        (b"Subject: x\r\rbody\r", b"Subject: x\r\n\r\nbody\r\n"),
+        (b"a\r\nb\nc\rd\r\n", b"a\r\nb\r\nc\r\nd\r\n"),
+        (b"a\r\r\nb\r\n", b"a\r\n\r\nb\r\n"),
+        # Content without a final CRLF gets one.
+        (b"abc", b"abc\r\n"),
+        (b"a\r\nb", b"a\r\nb\r\n"),
+        (b"", b""),
+        # Dot-unstuffing, the first line included.
+        (b"..leading dot\r\n", b".leading dot\r\n"),
+        (b".x\r\n", b"x\r\n"),
+        (b"a\r\n..b\r\n", b"a\r\n.b\r\n"),
+        (b"a\r\n...\r\nb\r\n", b"a\r\n..\r\nb\r\n"),
+        # A stuffed ".." line is a line holding one period.
+        (b"a\r\n..\r\nb\r\n", b"a\r\n.\r\nb\r\n"),
+        (b"..\r\n", b".\r\n"),
+        # Periods elsewhere in a line are content.
+        (b"a.b\r\nc .\r\n", b"a.b\r\nc .\r\n"),
+        # Unstuffing applies to lines that ended in a bare LF too, after they become CRLF.
+        (b"a\n..b\n", b"a\r\n.b\r\n"),
+    ],
+)
+def test_normalize(raw: bytes, expected: bytes) -> None:
+    assert normalize(raw) == expected
+
+
+def test_normalize_leaves_no_bare_line_ends() -> None:
+    out = normalize(b"a\nb\rc\r\n.\n.d\r.e\n")
+    assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+
+
+# -- header_section --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"A: 1\r\nB: 2\r\n\r\nbody\r\n", b"A: 1\r\nB: 2\r\n"),
+        (b"A: 1\r\nB: 2\r\n\r\n", b"A: 1\r\nB: 2\r\n"),
+        (b"A: 1\r\n\tfolded\r\n\r\nbody\r\n\r\nmore\r\n", b"A: 1\r\n\tfolded\r\n"),
+        # No empty line: the whole message is header.
+        (b"A: 1\r\nB: 2\r\n", b"A: 1\r\nB: 2\r\n"),
+        # An empty line first: no header at all.
+        (b"\r\nbody\r\n", b""),
+        (b"", b""),
+    ],
+)
+def test_header_section(content: bytes, expected: bytes) -> None:
+    assert header_section(content) == expected
+
+
+# -- count_hops ------------------------------------------------------------------------------
+
+
+def test_count_hops_case_insensitive_at_line_start() -> None:
+    header = (
+        b"Received: from a by b\r\n"
+        b"\tfor <x@example.com>; date\r\n"
+        b"received: from c\r\n"
+        b"RECEIVED:\tfrom d\r\n"
+        b"Received : from e\r\n"
+        b"X-Received: not a hop\r\n"
+        b"Subject: Received: not a hop\r\n"
+        b"\tReceived: a continuation line, not a hop\r\n"
+        b" Received: neither\r\n"
+        b"ReceivedX: nor this\r\n"
+    )
+    assert count_hops(header) == 4
+
+
+def test_count_hops_none() -> None:
+    assert count_hops(b"Subject: hi\r\nFrom: a@example.com\r\n") == 0
+    assert count_hops(b"") == 0
+
+
+# -- received_header -------------------------------------------------------------------------
+
+
+def test_received_header_layout() -> None:
+    header = received_header(
+        helo="client.example.org",
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="ESMTP",
+        qid="0000ABCDEFGHJK",
+        recipient="bob@example.com",
+        when=WHEN,
+    )
+    assert header == (
+        "Received: from client.example.org (unknown [192.0.2.1])\r\n"
+        "\tby gw.example.com (mailgate) with ESMTP id 0000ABCDEFGHJK\r\n"
+        f"\tfor <bob@example.com>; {STAMP}\r\n"
+    )
+
+
+def test_received_header_ipv6_and_tls() -> None:
+    header = received_header(
+        helo="client.example.org",
+        client_name="mail.example.org",
+        client_ip="2001:db8::1",
+        hostname="gw.example.com",
+        proto="ESMTPS",
+        qid="Q1",
+        recipient="bob@example.com",
+        when=WHEN,
+        tls="using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)",
+    )
+    assert header == (
+        "Received: from client.example.org (mail.example.org [IPv6:2001:db8::1])\r\n"
+        "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n"
+        "\tby gw.example.com (mailgate) with ESMTPS id Q1\r\n"
+        f"\tfor <bob@example.com>; {STAMP}\r\n"
+    )
+
+
+def test_received_header_without_single_recipient() -> None:
+    # Several recipients: no "for" clause (it would disclose the other recipients).
+    header = received_header(
+        helo="client.example.org",
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="SMTP",
+        qid="Q2",
+        recipient=None,
+        when=WHEN,
+    )
+    assert header == (
+        "Received: from client.example.org (unknown [192.0.2.1])\r\n"
+        f"\tby gw.example.com (mailgate) with SMTP id Q2; {STAMP}\r\n"
+    )
+    assert "for <" not in header
+
+
+def test_received_header_without_helo_uses_ip() -> None:
+    header = received_header(
+        helo="",
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="SMTP",
+        qid="Q3",
+        recipient=None,
+        when=WHEN,
+    )
+    assert header.startswith("Received: from 192.0.2.1 (unknown [192.0.2.1])\r\n")
+
+
+def _header_lines(header: str) -> list[str]:
+    assert header.endswith("\r\n")
+    lines = header[:-2].split("\r\n")
+    assert all("\r" not in line and "\n" not in line for line in lines)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "helo",
+    [
+        "evil\r\nX-Evil: 1",
+        "evil\nX-Evil: 1",
+        "evil\rX-Evil: 1",
+        "evil\r\n\r\nX-Evil: 1",
+        "evil\u2028X-Evil: 1",
+        "evil\x85X-Evil: 1",
+    ],
+)
+def test_received_header_hostile_helo_cannot_inject(helo: str) -> None:
+    header = received_header(
+        helo=helo,
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="ESMTP",
+        qid="Q4",
+        recipient="bob@example.com",
+        when=WHEN,
+    )
+    lines = _header_lines(header)
+    assert len(lines) == 3
+    assert lines[0].startswith("Received: from evil")
+    assert lines[0].endswith(" (unknown [192.0.2.1])")
+    assert all(line.startswith("\t") for line in lines[1:])
+    message = email.message_from_string(
+        header + "Subject: x\r\n\r\nbody\r\n", policy=email.policy.default
+    )
+    assert message.keys() == ["Received", "Subject"]
+    assert message["X-Evil"] is None
+
+
+def test_received_header_hostile_recipient_and_tls_cannot_inject() -> None:
+    header = received_header(
+        helo="client.example.org",
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="ESMTPS",
+        qid="Q5",
+        recipient="bob@example.com\r\nBcc: x@evil.example",
+        when=WHEN,
+        tls="TLSv1.3\r\nX-Evil: 1",
+    )
+    lines = _header_lines(header)
+    assert len(lines) == 4
+    message = email.message_from_string(header + "\r\n", policy=email.policy.default)
+    assert message.keys() == ["Received"]
+
+
+def test_received_header_helo_cannot_close_the_comment() -> None:
+    # Parentheses in the HELO would end the "(name [ip])" comment early and forge its content.
+    header = received_header(
+        helo="evil) (trusted.example [10.0.0.1]",
+        client_name="unknown",
+        client_ip="192.0.2.1",
+        hostname="gw.example.com",
+        proto="ESMTP",
+        qid="Q6",
+        recipient=None,
+        when=WHEN,
+    )
+    first = _header_lines(header)[0]
+    assert first == "Received: from evil trusted.example [10.0.0.1] (unknown [192.0.2.1])"
