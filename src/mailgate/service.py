@@ -24,6 +24,7 @@ from mailgate.config.service import ConfigService
 from mailgate.control import ControlServer
 from mailgate.dns import DnsPythonResolver, Resolver
 from mailgate.intake import Intake
+from mailgate.metrics import Counters
 from mailgate.queue.delivery import Deliverer
 from mailgate.queue.manager import QueueManager
 from mailgate.queue.scheduler import Scheduler
@@ -31,6 +32,10 @@ from mailgate.queue.spool import Spool
 from mailgate.smtp.server import SmtpServer
 from mailgate.store.db import make_engine
 from mailgate.store.migrate import ensure_schema
+from mailgate.verify.cache import VerifyStore
+from mailgate.verify.domains import DomainChecker
+from mailgate.verify.probe import Prober
+from mailgate.verify.service import Verifier, cache_key, entry_json, parse_address
 
 log = logging.getLogger("mailgate.master")
 
@@ -96,6 +101,7 @@ class Gateway:
         self.resolver = make_resolver(self._dns_settings)
         self.spool = Spool(self.paths.spool)
         self.server: SmtpServer | None = None
+        self.counters = Counters()
         deliverer = Deliverer(
             lambda: self.resolver,
             lambda: self.holder.current.config,
@@ -108,7 +114,20 @@ class Gateway:
             executor=self.executor,
         )
         self.intake = Intake(self.scheduler)
-        self.server = SmtpServer(self.holder, self.intake, self.spool)
+        self.verifier = Verifier(
+            prober=Prober(deliverer, lambda: self.holder.current, self.counters),
+            runtime=lambda: self.holder.current,
+            executor=self.executor,
+            counters=self.counters,
+            store=VerifyStore(self.engine),
+        )
+        self.server = SmtpServer(
+            self.holder,
+            self.intake,
+            self.spool,
+            self.verifier,
+            DomainChecker(lambda: self.resolver, self.counters),
+        )
         self.queue = QueueManager(self.spool, self.scheduler)
         recovered = await self.scheduler.recover()
         if recovered:
@@ -118,6 +137,7 @@ class Gateway:
         self.control = ControlServer(self.paths.control_socket, self._control_handlers())
         await self.control.start()
         self._tasks.append(asyncio.create_task(self._watch_config()))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
         log.info(
             "mailgate started: configuration revision %d, store %s, spool %s",
             revision.id, _safe_url(self.store_url), self.paths.spool,
@@ -168,6 +188,11 @@ class Gateway:
             except Exception:  # the store may be briefly unreachable; keep serving mail
                 log.exception("cannot read the configuration store")
 
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.verifier.prober.sweep()
+
     def _control_handlers(self) -> dict[str, Any]:
         queue = self.queue
 
@@ -193,7 +218,32 @@ class Gateway:
 
             return run
 
+        verifier = self.verifier
+        loop = asyncio.get_running_loop()
+
+        async def verify_show(request: dict[str, Any]) -> Any:
+            address = str(request["address"])
+            key = cache_key(parse_address(address))
+            entry = verifier.memory.get(key) or await loop.run_in_executor(
+                self.executor, VerifyStore(self.engine).get, key
+            )
+            return entry_json(entry) if entry else None
+
+        async def verify_test(request: dict[str, Any]) -> Any:
+            return entry_json(await verifier.verify_now(str(request["address"])))
+
+        async def verify_flush(request: dict[str, Any]) -> Any:
+            address, status = request.get("address"), request.get("status")
+            return await loop.run_in_executor(self.executor, verifier.forget, address, status)
+
+        async def stats(_: dict[str, Any]) -> Any:
+            return self.counters.snapshot()
+
         return {
+            "verify.show": verify_show,
+            "verify.test": verify_test,
+            "verify.flush": verify_flush,
+            "stats": stats,
             "ping": ping,
             "reload": reload,
             "queue.list": queue_list,
@@ -210,6 +260,7 @@ class Gateway:
         if self.server is not None:
             await self.server.stop()
         await self.control.stop()
+        await self.verifier.close()
         await self.scheduler.stop()
         self.executor.shutdown(wait=True)
         self.engine.dispose()

@@ -12,6 +12,7 @@ from mailgate.cli.domain import domain
 from mailgate.cli.queue import queue
 from mailgate.cli.run import run, status
 from mailgate.cli.settings import settings
+from mailgate.cli.verify import stats, verify
 from mailgate.service import default_data_dir
 
 
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, data_dir: str | None, store: str | None) -> None:
     ctx.obj = Context(Path(data_dir) if data_dir else default_data_dir(), store)
 
 
-for command in (run, status, domain, settings, config, queue):
+for command in (run, status, domain, settings, config, queue, verify, stats):
     cli.add_command(command)
 
 

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from mailgate.smtp.address import AddressError, parse_domain
+from mailgate.smtp.address import AddressError, parse_domain, parse_path
 
 
 class TlsLevel(StrEnum):
@@ -403,8 +403,101 @@ class DnsSettings(_Section):
     timeout: Seconds = Field(5, gt=0, description="Deadline of one DNS query (seconds).")
 
 
+class RecipientVerification(_Section):
+    """ "Reject messages for recipient addresses": SMTP recipient verification (Postfix
+    reject_unverified_recipient and its address_verify_* parameters) and unknown domains."""
+
+    mode: Literal["off", "reject_unverified"] = Field(
+        "off",
+        description=(
+            'off: accept any recipient of a local domain; reject_unverified ("Reject for '
+            'unverified recipients"): before answering RCPT from an untrusted client, probe '
+            "the recipient's next hop and refuse what it refuses. Trusted clients are never "
+            "verified."
+        ),
+    )
+    reject_unknown_domains: bool = Field(
+        False,
+        description=(
+            "Refuse recipients whose domain has no MX, A or AAAA record (Postfix "
+            "reject_unknown_recipient_domain). Local domains are never looked up."
+        ),
+    )
+    reject_code: Literal[450, 550] = Field(
+        550,
+        description=(
+            "Reply code for an address the next hop refuses (Postfix "
+            "unverified_recipient_reject_code); 450 makes the sender retry."
+        ),
+    )
+    unknown_domain_reject_code: Literal[450, 550] = Field(
+        550,
+        description="Reply code for a domain that does not exist (unknown_address_reject_code).",
+    )
+    show_reason: bool = Field(
+        True,
+        description="Show the next hop's own reply text to the client in the refusal.",
+    )
+    probe_sender: str | None = Field(
+        None,
+        description=(
+            "Envelope sender of probes (address_verify_sender). Empty: the default, "
+            '"double-bounce@" and the host name; "<>" for the null sender.'
+        ),
+    )
+    probe_timeout: Seconds = Field(
+        5, gt=0, description="Deadline of one probe, connection included (seconds)."
+    )
+    positive_expire_time: Seconds = Field(
+        31 * 86400, description="How long an accepted address is known good (seconds; 31 days)."
+    )
+    positive_refresh_time: Seconds = Field(
+        7 * 86400,
+        description="Age after which a known-good address is probed again in the background.",
+    )
+    negative_expire_time: Seconds = Field(
+        3 * 86400, description="How long a refused address is remembered (seconds; 3 days)."
+    )
+    negative_refresh_time: Seconds = Field(
+        3 * 3600,
+        description="Age after which a refused address is probed again in the background.",
+    )
+    temporary_expire_time: Seconds = Field(
+        5,
+        description=(
+            "How long a temporary failure (next hop down, 4xx) is remembered (seconds). "
+            "Postfix keeps it for hours; mailgate for seconds, so good addresses are accepted "
+            "again as soon as the next hop is back."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecipientVerification:
+        if self.positive_refresh_time > self.positive_expire_time:
+            raise ValueError("positive_refresh_time must not exceed positive_expire_time")
+        if self.negative_refresh_time > self.negative_expire_time:
+            raise ValueError("negative_refresh_time must not exceed negative_expire_time")
+        if self.probe_sender not in (None, "", "<>"):
+            try:
+                parse_path(self.probe_sender, allow_null=False)
+            except AddressError as exc:
+                raise ValueError(f"probe_sender {self.probe_sender!r} is not an address") from exc
+        return self
+
+    def sender(self, hostname: str) -> str:
+        """The probe's envelope sender ("" for the null sender)."""
+        if self.probe_sender in (None, ""):
+            return f"double-bounce@{hostname}"
+        return "" if self.probe_sender == "<>" else self.probe_sender
+
+
 class AdvancedSettings(_Section):
     """Settings → Built-in MTA → Advanced settings."""
+
+    verification: RecipientVerification = Field(
+        default_factory=RecipientVerification,
+        description="Recipient verification and unknown recipient domains.",
+    )
 
     limits: SmtpLimits = Field(default_factory=SmtpLimits, description="SMTP server limits.")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Queue and retries.")

@@ -187,6 +187,32 @@ class SmtpClient:
 
         Raises aiosmtplib.SMTPException or OSError when the connection breaks.
         """
+        result = await self._envelope(sender, mail_options, recipients, utf8)
+        if result.mail.code != 250 or not any(r.code in (250, 251) for r in result.recipients):
+            await self.reset()
+            return result
+        try:
+            result.data = _response(await self._smtp.data(data, timeout=data_timeout))
+        except aiosmtplib.SMTPDataError as exc:
+            result.data = to_reply(exc.code, exc.message)
+        self.last_used = time.monotonic()
+        return result
+
+    async def probe(self, sender: str, addresses: list[str], *, utf8: bool) -> Transaction:
+        """What delivery would hear for these addresses, without sending anything: MAIL, one
+        RCPT each, then RSET (a recipient verification callout)."""
+        options = ["SMTPUTF8"] if utf8 and self.supports("smtputf8") else []
+        result = await self._envelope(sender, options, [(a, []) for a in addresses], utf8)
+        await self.reset()
+        return result
+
+    async def _envelope(
+        self,
+        sender: str,
+        mail_options: list[str],
+        recipients: list[tuple[str, list[str]]],
+        utf8: bool,
+    ) -> Transaction:
         encoding = "utf-8" if utf8 else "ascii"
         self.last_used = time.monotonic()
         mail = _response(
@@ -196,7 +222,6 @@ class SmtpClient:
         )
         result = Transaction(mail)
         if mail.code != 250:
-            await self.reset()
             return result
         for address, options in recipients:
             reply = _response(
@@ -205,14 +230,6 @@ class SmtpClient:
                 )
             )
             result.recipients.append(reply)
-        if not any(r.code in (250, 251) for r in result.recipients):
-            await self.reset()
-            return result
-        try:
-            result.data = _response(await self._smtp.data(data, timeout=data_timeout))
-        except aiosmtplib.SMTPDataError as exc:
-            result.data = to_reply(exc.code, exc.message)
-        self.last_used = time.monotonic()
         return result
 
     async def reset(self) -> None:

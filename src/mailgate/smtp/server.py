@@ -19,15 +19,26 @@ from mailgate.policy.limits import ClientLimits
 from mailgate.queue.spool import Spool, new_queue_id
 from mailgate.smtp import codes
 from mailgate.smtp.session import SmtpSession
+from mailgate.verify.domains import DomainChecker
+from mailgate.verify.service import Verifier
 
 log = logging.getLogger("mailgate.smtpd")
 
 
 class SmtpServer:
-    def __init__(self, holder: ConfigHolder, intake: Intake, spool: Spool) -> None:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        intake: Intake,
+        spool: Spool,
+        verifier: Verifier | None = None,
+        domains: DomainChecker | None = None,
+    ) -> None:
         self.holder = holder
         self.intake = intake
         self.spool = spool
+        self.verifier = verifier
+        self.domains = domains
         self.limits = ClientLimits(lambda: holder.current.hostname)
         self.sessions: set[SmtpSession] = set()
         self.tls_context: ssl.SSLContext | None = None

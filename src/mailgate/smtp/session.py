@@ -26,21 +26,30 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mailgate.policy.relay import RelayVerdict
 from mailgate.smtp import codes
 from mailgate.smtp.address import AddressError, parse_path, printable, split_path
 from mailgate.smtp.data import END_OF_DATA, count_hops, header_section, normalize, received_header
-from mailgate.smtp.params import MailParams, ParamError, parse_mail_params, parse_rcpt_params
+from mailgate.smtp.params import (
+    MailParams,
+    ParamError,
+    RcptParams,
+    parse_mail_params,
+    parse_rcpt_params,
+)
 from mailgate.types import ClientInfo, Envelope, Mailbox, Recipient, Reply
 
 if TYPE_CHECKING:
+    from mailgate.config.model import RecipientVerification
     from mailgate.config.runtime import RuntimeConfig
     from mailgate.smtp.server import SmtpServer
 
 log = logging.getLogger("mailgate.smtpd")
 
 _COMMAND, _DATA, _CLOSED = 0, 1, 2
+_T = TypeVar("_T")
 # Pipelined input beyond this much (while a command waits) pauses reading from the client.
 _INPUT_HIGH_WATER = 1 << 20
 _FORBIDDEN = frozenset({"CONNECT", "GET", "POST", "HEAD", "PUT", "OPTIONS"})
@@ -59,6 +68,37 @@ class Transaction:
     @property
     def sender_text(self) -> str:
         return self.sender.address if self.sender else ""
+
+
+@dataclass(slots=True)
+class _Rcpt:
+    """One RCPT on its way: a reply already, or a recipient that may still need a check."""
+
+    reply: Reply | None
+    mailbox: Mailbox | None = None
+    params: RcptParams | None = None
+    shown: str = ""
+    reason: str = ""
+    check: str | None = None  # "verify" | "domain"
+
+
+def _check_refusal(
+    item: _Rcpt, status: str, detail: str, settings: RecipientVerification
+) -> Reply | None:
+    """The refusal for a failed check (Postfix's wording), or None when it passed."""
+    if status == "ok":
+        return None
+    who = f"<{item.shown}>: Recipient address rejected"
+    if item.check == "domain":
+        if status == "temp":
+            return Reply(450, "4.1.2", f"{who}: {detail}")
+        code = settings.unknown_domain_reject_code
+        return Reply(code, "5.1.2" if code >= 500 else "4.1.2", f"{who}: {detail}")
+    suffix = f": {detail}" if settings.show_reason and detail else ""
+    if status == "temp":
+        return Reply(450, "4.1.1", f"{who}: unverified address{suffix}")
+    code = settings.reject_code
+    return Reply(code, "5.1.1" if code >= 500 else "4.1.1", f"{who}: undeliverable address{suffix}")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -86,6 +126,7 @@ class SmtpSession(asyncio.Protocol):
         self._data_dropped = 0
         self._counted = False
         self._tls_task: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None
 
     # -- connection ----------------------------------------------------------------------
 
@@ -195,6 +236,8 @@ class SmtpSession(asyncio.Protocol):
 
     def _reply(self, reply: Reply) -> None:
         """Send a command's reply, counting errors as Postfix does."""
+        if self._mode == _CLOSED:
+            return  # the session ended (error limit, QUIT): nothing more is said
         self._send(reply)
         if reply.code < 400 or reply.code == 421 or reply == codes.TOO_MANY_RECIPIENTS:
             return
@@ -226,20 +269,22 @@ class SmtpSession(asyncio.Protocol):
         if self._mode != _CLOSED:
             self._process()
 
-    def _wait(self, awaitable: Awaitable[Reply], done: Callable[[Reply], None]) -> None:
-        """Suspend the session until `awaitable` gives the reply for the current command."""
+    def _wait(self, awaitable: Awaitable[_T], done: Callable[[_T], None]) -> None:
+        """Suspend the session until `awaitable` gives what the current command replies with.
+
+        The awaitable must not raise: it turns its own failures into replies.
+        """
         self._busy = True
         self._flush()
         future = asyncio.ensure_future(awaitable)
+        self._pending = future
 
-        def _finished(fut: asyncio.Future[Reply]) -> None:
-            try:
-                reply = fut.result()
-            except Exception:
-                log.exception("internal error in session of unknown[%s]", self.ip)
-                reply = Reply(451, "4.3.0", "Error: internal error")
+        def _finished(fut: asyncio.Future[_T]) -> None:
+            self._pending = None
             self._busy = False
-            done(reply)
+            if fut.cancelled():
+                return
+            done(fut.result())
             if not self._busy:  # unless the reply started the error delay
                 self._resume()
 
@@ -339,51 +384,147 @@ class SmtpSession(asyncio.Protocol):
         if txn is None:
             self._reply(codes.NEED_MAIL)
             return
-        if arg[:3].upper() != "TO:":
-            self._reply(codes.RCPT_SYNTAX)
+        # RCPTs pipelined behind this one are taken together, so that the recipients to
+        # verify are probed in one session per next hop.
+        arguments = [arg]
+        while (more := self._take_pipelined("RCPT")) is not None:
+            arguments.append(more)
+        accepted = len(txn.recipients)
+        items = []
+        for text in arguments:
+            item = self._rcpt_policy(txn, text, accepted)
+            if item.reply is None:
+                accepted += 1
+            items.append(item)
+        if not any(item.check for item in items):
+            for item in items:
+                self._reply(self._rcpt_result(txn, item, None))
             return
+
+        def _done(replies: list[Reply]) -> None:
+            for reply in replies:
+                self._reply(reply)
+
+        self._wait(self._rcpt_checks(txn, items), _done)
+
+    def _take_pipelined(self, verb: str) -> str | None:
+        """The next buffered command line if it is `verb` (consumed), else None."""
+        if self._mode != _COMMAND or self._skip_line:
+            return None
+        newline = self._buf.find(b"\n")
+        if newline < 0 or self._buf[: len(verb)].upper() != verb.encode():
+            return None
+        line = bytes(self._buf[:newline]).rstrip(b"\r")
+        limits = self.server.holder.current.config.advanced.limits
+        if len(line) > limits.line_length_limit or line[len(verb) : len(verb) + 1] != b" ":
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        del self._buf[: newline + 1]
+        self.counts[verb.lower()] = self.counts.get(verb.lower(), 0) + 1
+        return text[len(verb) + 1 :]
+
+    def _rcpt_policy(self, txn: Transaction, arg: str, accepted: int) -> _Rcpt:
+        """Everything decided without waiting: syntax, limits, the relay decision."""
+        if arg[:3].upper() != "TO:":
+            return _Rcpt(codes.RCPT_SYNTAX)
         try:
             path, param_text = split_path(arg[3:])
             rcpt = parse_path(path, allow_null=False)
         except AddressError:
-            self._reply(codes.BAD_RECIPIENT)
-            return
+            return _Rcpt(codes.BAD_RECIPIENT)
         assert rcpt is not None
         if rcpt.utf8 and not txn.params.smtputf8:
-            self._reply(codes.SMTPUTF8_REQUIRED)
-            return
+            return _Rcpt(codes.SMTPUTF8_REQUIRED)
         try:
             params = parse_rcpt_params(param_text) if param_text else None
         except ParamError as exc:
-            self._reply(exc.reply)
-            return
-        limits = txn.runtime.config.advanced.limits
-        if len(txn.recipients) >= limits.recipient_limit:
-            self._reply(codes.TOO_MANY_RECIPIENTS)
-            return
+            return _Rcpt(exc.reply)
+        config = txn.runtime.config
+        limits = config.advanced.limits
+        if accepted >= limits.recipient_limit:
+            return _Rcpt(codes.TOO_MANY_RECIPIENTS)
         refusal = self.server.limits.recipient(self.ip, limits, exempt=txn.trusted)
         if refusal is not None:
-            self._reply(refusal)
-            return
+            return _Rcpt(refusal)
         shown = printable(path, 300)
         decision = txn.runtime.relay.decide(rcpt, trusted=txn.trusted)
         if not decision.permitted:
             reply = codes.relay_denied(shown)
-            log.info(
-                "%s: reject: RCPT from unknown[%s]: %s; from=<%s> to=<%s> helo=<%s> (%s)",
-                txn.qid, self.ip, reply, printable(txn.sender_text), shown,
-                printable(self.helo), decision.reason,
-            )  # fmt: skip
-            self._reply(reply)
-            return
-        log.info(
-            "%s: accept: RCPT from unknown[%s]: from=<%s> to=<%s> (%s)",
-            txn.qid, self.ip, printable(txn.sender_text), shown, decision.reason,
-        )  # fmt: skip
-        self._add_recipient(txn, rcpt, params)
-        self._reply(codes.OK_RCPT)
+            self._log_rcpt(txn, "reject", shown, decision.reason, reply)
+            return _Rcpt(reply)
+        verification = config.advanced.verification
+        check = None
+        if decision.verdict is RelayVerdict.LOCAL and verification.mode == "reject_unverified":
+            check = "verify"
+        elif (
+            decision.verdict is RelayVerdict.TRUSTED
+            and verification.reject_unknown_domains
+            and not rcpt.literal
+            and rcpt.domain not in txn.runtime.relay.local_domains
+        ):
+            check = "domain"
+        return _Rcpt(None, rcpt, params, shown, decision.reason, check)
 
-    def _add_recipient(self, txn: Transaction, rcpt: Mailbox, params: Any) -> None:
+    async def _rcpt_checks(self, txn: Transaction, items: list[_Rcpt]) -> list[Reply]:
+        """Verify recipients and look up domains, then give every RCPT its reply, in order."""
+        outcomes: dict[int, tuple[str, str]] = {}
+        try:
+            verifier, domains = self.server.verifier, self.server.domains
+            to_verify = [
+                (i, item.mailbox) for i, item in enumerate(items) if item.check == "verify"
+            ]
+            if to_verify:
+                if verifier is None:
+                    raise RuntimeError("recipient verification is not wired in")
+                verdicts = await verifier.verify([m for _, m in to_verify if m is not None])
+                for (i, _), verdict in zip(to_verify, verdicts, strict=True):
+                    outcomes[i] = (verdict.status, verdict.reason)
+            for i, item in enumerate(items):
+                if item.check == "domain" and item.mailbox is not None:
+                    if domains is None:
+                        raise RuntimeError("domain checks are not wired in")
+                    outcomes[i] = await domains.check(item.mailbox.domain)
+        except Exception:
+            log.exception("%s: recipient checks failed", txn.qid)
+            failed = Reply(451, "4.3.0", "Error: internal error")
+            return [failed if item.check else self._rcpt_result(txn, item, None) for item in items]
+        return [self._rcpt_result(txn, item, outcomes.get(i)) for i, item in enumerate(items)]
+
+    def _rcpt_result(self, txn: Transaction, item: _Rcpt, outcome: tuple[str, str] | None) -> Reply:
+        if item.reply is not None:
+            return item.reply
+        assert item.mailbox is not None
+        settings = txn.runtime.config.advanced.verification
+        reason = item.reason
+        if outcome is not None:
+            status, detail = outcome
+            reply = _check_refusal(item, status, detail, settings)
+            if reply is not None:
+                self._log_rcpt(txn, "reject", item.shown, f"{item.check}: {status}", reply)
+                return reply
+            reason += ", verified" if item.check == "verify" else ", domain exists"
+        self._log_rcpt(txn, "accept", item.shown, reason, None)
+        self._add_recipient(txn, item.mailbox, item.params)
+        return codes.OK_RCPT
+
+    def _log_rcpt(self, txn: Transaction, what: str, shown: str, reason: str,
+                  reply: Reply | None) -> None:  # fmt: skip
+        if reply is None:
+            log.info(
+                "%s: accept: RCPT from unknown[%s]: from=<%s> to=<%s> (%s)",
+                txn.qid, self.ip, printable(txn.sender_text), shown, reason,
+            )  # fmt: skip
+        else:
+            log.info(
+                "%s: %s: RCPT from unknown[%s]: %s; from=<%s> to=<%s> helo=<%s> (%s)",
+                txn.qid, what, self.ip, reply, printable(txn.sender_text), shown,
+                printable(self.helo), reason,
+            )  # fmt: skip
+
+    def _add_recipient(self, txn: Transaction, rcpt: Mailbox, params: RcptParams | None) -> None:
         address = rcpt.address
         key = address.lower() if rcpt.local.isascii() else address
         if key in txn.seen:
@@ -494,7 +635,14 @@ class SmtpSession(asyncio.Protocol):
         def _done(reply: Reply) -> None:
             self._reply(reply)
 
-        self._wait(self.server.intake.accept(envelope, content), _done)
+        self._wait(self._accept(envelope, content), _done)
+
+    async def _accept(self, envelope: Envelope, content: bytes) -> Reply:
+        try:
+            return await self.server.intake.accept(envelope, content)
+        except Exception:
+            log.exception("%s: internal error while accepting the message", envelope.qid)
+            return Reply(451, "4.3.0", "Error: internal error")
 
     def cmd_rset(self, arg: str) -> None:
         if arg.strip():

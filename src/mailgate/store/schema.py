@@ -7,9 +7,9 @@ constant equal to Alembic's head).
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text
 
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 metadata = MetaData()
 
@@ -24,4 +24,16 @@ config_revisions = Table(
     Column("author", String(200), nullable=False),
     Column("comment", Text, nullable=False, default=""),
     Column("document", Text, nullable=False),
+)
+
+# The recipient verification cache, shared by every node of a cluster. One row per address
+# (local part as given, domain as its lowercase A-label).
+verify_cache = Table(
+    "verify_cache",
+    metadata,
+    Column("address", String(512), primary_key=True),
+    Column("status", String(8), nullable=False),  # ok | bad | temp
+    Column("reply", Text, nullable=False),
+    Column("updated", Float, nullable=False),  # when the current status was learnt (epoch)
+    Column("probed", Float, nullable=False),  # when the address was last probed (epoch)
 )
