@@ -1,120 +1,22 @@
-"""The seed's integration for real (SPEC section 1, steps 1-3): a Postfix border gateway, mailgate,
-and a Postfix internal mail server, on their own loopback addresses; the internet is a capture
-sink; external senders bind 127.0.0.100.
-
-    internet (127.0.0.100) -> border 127.0.0.10 -> mailgate 127.0.0.20 -> internal 127.0.0.30
-    internet sink 127.0.0.50 <- border <- mailgate <- internal (its users on 127.0.0.31)
-"""
+"""The seed's integration for real (SPEC section 1, steps 1-3), recipient verification off:
+Postfix border gateway, mailgate, Postfix internal server (see tests/e2e/topology.py)."""
 
 from __future__ import annotations
 
-import smtplib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from mailgate.testing.dns_server import DnsServer, DnsZone
-from mailgate.testing.postfix import (
-    InternalServer,
-    PostfixInstance,
-    border_gateway,
-    internal_server,
-)
 from mailgate.testing.raw import RawSmtp
-from mailgate.testing.sink import Sink
-from tests.conftest import (
-    BORDER_IP,
-    EXTERNAL_CLIENT_IP,
-    GATEWAY_IP,
-    INTERNAL_IP,
-    INTERNET_IP,
-    Gateway,
-    free_port,
-    gateway_config,
-    wait_until,
-)
+from tests.conftest import BORDER_IP, EXTERNAL_CLIENT_IP, GATEWAY_IP, wait_until
+from tests.e2e.topology import Topology, build
 
 pytestmark = pytest.mark.e2e
-
-INTERNAL_USER_IP = "127.0.0.31"
-PARTNER_IP = "127.0.0.60"
-
-
-@dataclass
-class Topology:
-    border: PostfixInstance
-    gateway: Gateway
-    internal: InternalServer
-    internet: Sink
-    partner: Sink
-    zone: DnsZone
-
-    def send_from_internet(self, sender: str, recipients: list[str], body: bytes) -> dict[str, Any]:
-        with smtplib.SMTP(BORDER_IP, self.border.port, source_address=(EXTERNAL_CLIENT_IP, 0),
-                          timeout=30) as client:  # fmt: skip
-            client.ehlo("sender.example")
-            return client.sendmail(sender, recipients, body)
-
-    def send_from_inside(self, sender: str, recipients: list[str], body: bytes) -> dict[str, Any]:
-        with smtplib.SMTP(INTERNAL_IP, self.internal.port, source_address=(INTERNAL_USER_IP, 0),
-                          timeout=30) as client:  # fmt: skip
-            client.ehlo("workstation.example.com")
-            return client.sendmail(sender, recipients, body)
 
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    zone = DnsZone()
-    dns = DnsServer(zone, host="127.0.0.53")
-    dns.start()
-    internet = Sink(host=INTERNET_IP).start()
-    partner = Sink(host=PARTNER_IP).start()
-    gw_port = free_port(GATEWAY_IP)
-    border = border_gateway(
-        BORDER_IP, free_port(BORDER_IP), ["example.com"], f"[{GATEWAY_IP}]:{gw_port}",
-        f"[{INTERNET_IP}]:{internet.port}", [f"{GATEWAY_IP}/32"], verify_recipients=False,
-    )  # fmt: skip
-    internal = internal_server(
-        INTERNAL_IP, free_port(INTERNAL_IP), "example.com", ["bob", "carol"],
-        f"[{GATEWAY_IP}]:{gw_port}", [f"{INTERNAL_IP}/31"],
-    )  # fmt: skip
-    # mailgate as the seed configures it: a local domain routed to the internal server, the
-    # border gateway as relayhost (found by its MX record), the internal server trusted.
-    zone.add("border.test", "MX", "10 smtp.border.test")
-    zone.add("smtp.border.test", "A", BORDER_IP)
-    config = gateway_config(gw_port, {
-        "domains": [
-            {"name": "example.com", "route": {"host": INTERNAL_IP, "port": internal.port}},
-            {"name": "partner.test", "local": False, "route": {"host": PARTNER_IP, "port": partner.port}},
-        ],
-        "main": {
-            "destination": "border_gateway",
-            "relayhost": {"host": "border.test", "port": border.port, "mx_lookup": True},
-            "trusted_networks": [f"{INTERNAL_IP}/32"],
-        },
-        "advanced": {
-            "dns": {"nameservers": [dns.address], "timeout": 2},
-            "queue": {"minimal_backoff_time": 300, "maximal_backoff_time": 300},
-        },
-    })  # fmt: skip
-    gateway = Gateway(tmp_path_factory.mktemp("mailgate"), config)
-    gateway.port = gw_port
-    started: list[Any] = []
-    try:
-        for part in (border, internal, gateway):
-            part.start()
-            started.append(part)
-        yield Topology(border, gateway, internal, internet, partner, zone)
-    finally:
-        for part in reversed(started):
-            part.stop()
-        for instance in (border, internal):
-            instance.remove()
-        internet.stop()
-        partner.stop()
-        dns.stop()
+    yield from build(tmp_path_factory.mktemp("mailgate"), verify=False)
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,9 @@ def small_spool(tmp_path: Path) -> Iterator[Path]:
     """The gateway's spool on a 4 MB file system of its own."""
     spool = tmp_path / "gw" / "spool"
     spool.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(spool)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(spool)], check=True
+    )
     try:
         yield spool
     finally:
@@ -81,7 +83,10 @@ def test_full_disk_gives_452_and_never_a_false_250(
         with RawSmtp(GATEWAY_IP, gw.port, EXTERNAL_CLIENT_IP) as c:
             c.reply()
             c.command("EHLO client.example")
-            return str(c.command("MAIL FROM:<alice@ext.org>")) == "452 4.3.1 Insufficient system storage"
+            return (
+                str(c.command("MAIL FROM:<alice@ext.org>"))
+                == "452 4.3.1 Insufficient system storage"
+            )
 
     wait_until(refused_at_mail, what="452 at MAIL")
     # Space comes back: the stored message is delivered intact.

@@ -48,7 +48,10 @@ def test_bad_change_is_refused_and_the_running_config_stays(
         "--data-dir", str(gw.data_dir), "settings", "main", "--trusted-network", "10.0.0.0/33",
     ])  # fmt: skip
     assert result.exit_code == 2
-    assert "main.trusted_networks[0]: '10.0.0.0/33' is not an IPv4 or IPv6 address or network" in result.output
+    assert (
+        "main.trusted_networks[0]: '10.0.0.0/33' is not an IPv4 or IPv6 address or network"
+        in result.output
+    )
     assert "nothing was changed" in result.output
     assert gw.control("ping")["revision"] == before
 

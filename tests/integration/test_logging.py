@@ -46,12 +46,21 @@ def test_text_log_tells_the_story_of_a_message(tmp_path: Path, sink: Sink) -> No
     assert qid, log
     lines = [line for line in log.splitlines() if f": {qid.group(1)}: " in line]
     events = "\n".join(lines)
-    assert "reject: RCPT from unknown[127.0.0.100]: 554 5.7.1 <eve@elsewhere.org>: Relay access denied" in events
+    assert (
+        "reject: RCPT from unknown[127.0.0.100]: 554 5.7.1 <eve@elsewhere.org>: Relay access denied"
+        in events
+    )
     assert "(elsewhere.org is not a local domain)" in events
-    assert "accept: RCPT from unknown[127.0.0.100]: from=<alice@ext.org> to=<bob@example.com> (local domain example.com)" in events
+    assert (
+        "accept: RCPT from unknown[127.0.0.100]: from=<alice@ext.org> to=<bob@example.com> (local domain example.com)"
+        in events
+    )
     assert "from=<alice@ext.org>, size=" in events
     assert "nrcpt=1" in events
-    assert re.search(r"to=<bob@example\.com>, relay=127\.0\.0\.30\[127\.0\.0\.30\]:\d+, delay=[\d.]+, dsn=2\.0\.0, status=sent \(250 ", events)
+    assert re.search(
+        r"to=<bob@example\.com>, relay=127\.0\.0\.30\[127\.0\.0\.30\]:\d+, delay=[\d.]+, dsn=2\.0\.0, status=sent \(250 ",
+        events,
+    )
     assert events.rstrip().endswith(f"{qid.group(1)}: removed")
     for line in lines:
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} mailgate/\w+\[\d+\]: ", line), line

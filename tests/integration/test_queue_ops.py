@@ -30,9 +30,13 @@ def deferred_gateway(start_gateway: Callable[..., Gateway]) -> tuple[Gateway, in
 
 def queue_one(gw: Gateway, subject: str) -> str:
     with gw.client() as client:
-        client.sendmail("alice@ext.org", ["bob@example.com"], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+        client.sendmail(
+            "alice@ext.org", ["bob@example.com"], f"Subject: {subject}\r\n\r\nx\r\n".encode()
+        )
     items = wait_until(
-        lambda: [i for i in gw.queue() if i["recipients"][0]["reason"] and i["state"] == "deferred"],
+        lambda: [
+            i for i in gw.queue() if i["recipients"][0]["reason"] and i["state"] == "deferred"
+        ],
         what="a deferred message",
     )
     known = {i["qid"] for i in items}
@@ -97,7 +101,9 @@ def test_queue_operations_with_the_gateway_stopped(
     assert "will be retried as soon as mailgate starts" in mailgate(gw, "queue", "flush")
     (item,) = json.loads(mailgate(gw, "queue", "list", "--json"))
     assert (item["qid"], item["state"]) == (first, "hold")
-    bad = CliRunner().invoke(cli, ["--data-dir", str(gw.data_dir), "queue", "show", "25XK4PKXQ1J65S"])
+    bad = CliRunner().invoke(
+        cli, ["--data-dir", str(gw.data_dir), "queue", "show", "25XK4PKXQ1J65S"]
+    )
     assert bad.exit_code == 1
     assert "no such message" in bad.output
     # Started again, the gateway leaves the held message alone and delivers once released.
