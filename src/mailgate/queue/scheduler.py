@@ -47,6 +47,9 @@ log = logging.getLogger("mailgate.qmgr")
 delivery_log = logging.getLogger("mailgate.smtp")
 
 RECIPIENTS_PER_TRANSACTION = 50  # Postfix smtp_destination_recipient_limit
+# Content of queued messages kept in memory; beyond it a message is read back from the spool
+# (the page cache, usually) when its delivery starts, so a backlog costs disk, not memory.
+CONTENT_MEMORY_BUDGET = 32 * 1024 * 1024
 _PENDING, _SENT, _BOUNCED = "P", "S", "B"
 
 
@@ -124,6 +127,7 @@ class Scheduler:
         self._sweeper: asyncio.Task[None] | None = None
         self.delivered = 0
         self.bounced = 0
+        self._content_bytes = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -182,17 +186,34 @@ class Scheduler:
         self.submit(envelope, content)
 
     def submit(self, envelope: Envelope, content: bytes | None) -> None:
-        entry = Entry(envelope, content, [_PENDING] * len(envelope.recipients))
+        entry = Entry(envelope, None, [_PENDING] * len(envelope.recipients))
+        self._hold_content(entry, content)
         self.entries[envelope.qid] = entry
         self._dispatch(entry)
+
+    def _hold_content(self, entry: Entry, content: bytes | None) -> None:
+        """Keep the content in memory if the budget allows it."""
+        if content is not None and self._content_bytes + len(content) <= CONTENT_MEMORY_BUDGET:
+            entry.content = content
+            self._content_bytes += len(content)
+
+    def _drop_content(self, entry: Entry) -> None:
+        if entry.content is not None:
+            self._content_bytes -= len(entry.content)
+            entry.content = None
+
+    async def _content(self, entry: Entry) -> bytes:
+        """The message content: from memory, or read back from the spool."""
+        if entry.content is not None:
+            return entry.content
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(self._executor, self.spool.load, entry.qid)
+        return stored.content
 
     # -- delivery passes -----------------------------------------------------------------
 
     def _dispatch(self, entry: Entry) -> None:
         entry.timer = None
-        if entry.content is None:
-            self._spawn(self._load_and_dispatch(entry))
-            return
         entry.active = True
         router = self._runtime().router
         groups: dict[Destination, list[int]] = {}
@@ -215,19 +236,6 @@ class Scheduler:
                     dest.jobs.append(job)
             self._kick(dest)
         self._release(entry)
-
-    async def _load_and_dispatch(self, entry: Entry) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            stored = await loop.run_in_executor(self._executor, self.spool.load, entry.qid)
-        except FileNotFoundError:
-            self.entries.pop(entry.qid, None)
-            return
-        entry.content = stored.content
-        if entry.delete_requested or entry.hold_requested:
-            await self._finish(entry)
-            return
-        self._dispatch(entry)
 
     def _kick(self, dest: _Dest) -> None:
         delivery = self._runtime().config.advanced.delivery
@@ -273,7 +281,12 @@ class Scheduler:
         self, dest: _Dest, job: Job, client: SmtpClient | None
     ) -> tuple[list[Outcome], SmtpClient | None]:
         entry = job.entry
-        assert entry.content is not None
+        try:
+            content = await self._content(entry)
+        except FileNotFoundError:  # removed from the spool behind the scheduler's back
+            log.warning("%s: queue file vanished; forgetting the message", entry.qid)
+            entry.delete_requested = True
+            return [], client
         for _ in range(2):
             reused = client is not None or bool(dest.idle)
             if client is None and dest.idle:
@@ -286,9 +299,7 @@ class Scheduler:
                         self._suspend(dest, failure.text)
                     return failure_outcomes(job.indices, failure), None
             try:
-                outcomes = await self.deliverer.send(
-                    client, entry.envelope, entry.content, job.indices
-                )
+                outcomes = await self.deliverer.send(client, entry.envelope, content, job.indices)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 client.close()
                 if reused:
@@ -348,7 +359,8 @@ class Scheduler:
         self._spawn(self._finish(entry))
 
     def _remove(self, entry: Entry) -> None:
-        self.spool.remove(entry.qid)
+        self._drop_content(entry)
+        self.spool.remove(entry.qid, state=entry.has_state, held=False)
         self.entries.pop(entry.qid, None)
         log.info("%s: removed", entry.qid)
 
@@ -356,6 +368,7 @@ class Scheduler:
         """End of a pass that left bounces to report or recipients to retry."""
         loop = asyncio.get_running_loop()
         if entry.delete_requested:
+            self._drop_content(entry)
             await loop.run_in_executor(self._executor, self.spool.remove, entry.qid)
             self.entries.pop(entry.qid, None)
             log.info("%s: removed by the administrator", entry.qid)
@@ -393,6 +406,7 @@ class Scheduler:
                     entry.status[envelope.recipients.index(report.recipient)] = _PENDING
                 pending = entry.pending()
         if not pending:
+            self._drop_content(entry)
             await loop.run_in_executor(self._executor, self.spool.remove, entry.qid)
             self.entries.pop(entry.qid, None)
             log.info("%s: removed", entry.qid)
@@ -403,7 +417,7 @@ class Scheduler:
             settings.minimal_backoff_time * 2 ** (entry.attempts - 1),
         )
         entry.next_attempt = now + delay
-        entry.content = None  # re-read from disk at the next attempt
+        self._drop_content(entry)  # re-read from disk at the next attempt
         await loop.run_in_executor(self._executor, self.spool.save_state, entry.qid, entry.state())
         entry.has_state = True
         if entry.hold_requested:
@@ -423,16 +437,13 @@ class Scheduler:
         wanted = [r for r in reports if r.recipient.wants_failure_report]
         if not wanted:
             return True
-        if entry.content is None:
-            loop = asyncio.get_running_loop()
-            stored = await loop.run_in_executor(self._executor, self.spool.load, entry.qid)
-            entry.content = stored.content
+        original = await self._content(entry)
         runtime = self._runtime()
         now = self._clock()
         qid = new_queue_id()
         content = build_report(
             original=envelope,
-            content=entry.content,
+            content=original,
             reports=wanted,
             hostname=runtime.hostname,
             now=datetime.fromtimestamp(now).astimezone(),

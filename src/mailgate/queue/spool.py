@@ -173,15 +173,17 @@ class Spool:
 
     # -- changes -------------------------------------------------------------------------
 
-    def remove(self, qid: str) -> bool:
+    def remove(self, qid: str, *, state: bool = True, held: bool = True) -> bool:
+        """Delete a message (and its state file); the scheduler's hot path names what exists."""
         removed = False
-        for where in ("queue", "hold"):
+        for where in ("queue", "hold") if held else ("queue",):
             try:
                 os.unlink(self.path(qid, where))
                 removed = True
             except FileNotFoundError:
                 pass
-        _unlink_quietly(self.path(qid, "state"))
+        if state:
+            _unlink_quietly(self.path(qid, "state"))
         return removed
 
     def hold(self, qid: str) -> bool:
