@@ -262,6 +262,7 @@ class Gateway:
         await self.control.stop()
         await self.verifier.close()
         await self.scheduler.stop()
+        self.spool.close()
         self.executor.shutdown(wait=True)
         self.engine.dispose()
         if self._lock_fd is not None:

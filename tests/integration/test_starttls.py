@@ -14,7 +14,7 @@ import trustme
 
 from mailgate.testing.raw import RawSmtp
 from mailgate.testing.sink import Sink
-from tests.conftest import EXTERNAL_CLIENT_IP, GATEWAY_IP, INTERNAL_IP, Gateway
+from tests.conftest import EXTERNAL_CLIENT_IP, GATEWAY_IP, INTERNAL_IP, Gateway, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +163,10 @@ def test_outbound_encrypt_defers_when_tls_is_not_offered(
     assert sink.messages == []
 
 
-def wait_deferred(gw: Gateway, timeout: float = 10.0) -> list[dict[str, Any]]:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_deferred(gw: Gateway) -> list[dict[str, Any]]:
+    def deferred() -> list[dict[str, Any]]:
         items = gw.queue()
-        if items and all(i["recipients"][0]["reason"] for i in items):
-            return items
-        time.sleep(0.05)
-    raise AssertionError(f"no deferred message: {gw.queue()}")
+        return items if items and all(i["recipients"][0]["reason"] for i in items) else []
+
+    result: list[dict[str, Any]] = wait_until(deferred, 10, "a deferred message")
+    return result

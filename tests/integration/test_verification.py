@@ -167,7 +167,9 @@ def test_thousand_concurrent_rcpts_for_one_uncached_address_make_one_probe(
                      "limits": {"client_connection_count_limit": 0}},
     })  # fmt: skip
 
-    async def one(start: asyncio.Event) -> str:
+    ready: list[int] = []
+
+    async def one(all_ready: asyncio.Event, start: asyncio.Event) -> str:
         reader, writer = await asyncio.open_connection(
             GATEWAY_IP, gw.port, local_addr=(EXTERNAL_CLIENT_IP, 0)
         )
@@ -177,6 +179,9 @@ def test_thousand_concurrent_rcpts_for_one_uncached_address_make_one_probe(
             while not (await reader.readline()).startswith(b"250 "):
                 pass
             await reader.readline()
+            ready.append(1)
+            if len(ready) == 1000:
+                all_ready.set()
             await start.wait()
             writer.write(b"RCPT TO:<new@example.com>\r\n")
             return (await reader.readline()).decode().strip()
@@ -184,9 +189,9 @@ def test_thousand_concurrent_rcpts_for_one_uncached_address_make_one_probe(
             writer.close()
 
     async def run() -> list[str]:
-        start = asyncio.Event()
-        tasks = [asyncio.create_task(one(start)) for _ in range(1000)]
-        await asyncio.sleep(0.5)
+        all_ready, start = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(one(all_ready, start)) for _ in range(1000)]
+        await asyncio.wait_for(all_ready.wait(), 60)  # every session has reached RCPT
         start.set()
         return await asyncio.gather(*tasks)
 

@@ -4,6 +4,7 @@ no clobbering of a valid positive entry) and the Verifier with a fake prober and
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def test_memory_cache_is_bounded_lru() -> None:
     assert len(cache) == 2
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (bounded)."""
+    for _ in range(5000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
 class FakeProber:
     def __init__(self) -> None:
         self.calls: list[tuple[Destination, list[str]]] = []
@@ -140,7 +150,7 @@ def test_one_probe_for_many_concurrent_requests_of_one_address(tmp_path: Path) -
         tasks = [
             asyncio.create_task(verifier.verify([mailbox("bob@example.com")])) for _ in range(1000)
         ]
-        await asyncio.sleep(0.01)
+        await until(lambda: counters.get("verify.shared_probes") == 999)
         prober.release.set()
         results = await asyncio.gather(*tasks)
         assert all(r[0].status == "ok" for r in results)
@@ -177,8 +187,7 @@ def test_cache_hits_stale_refresh_and_temporary_failures(tmp_path: Path) -> None
         prober.answer["bob@example.com"] = ("temp", "421 down")
         verdict = (await verifier.verify(bob))[0]
         assert (verdict.status, verdict.cached) == ("ok", True)
-        await asyncio.sleep(0.01)
-        assert len(prober.calls) == 2
+        await until(lambda: len(prober.calls) == 2)
         # The failed refresh did not clobber the positive entry.
         assert (await verifier.verify(bob))[0].status == "ok"
         # A temporary failure for a new address lasts seconds.

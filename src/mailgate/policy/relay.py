@@ -49,15 +49,23 @@ class TrustedNetworks:
         self.networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in networks
         )
+        self._known: dict[str, bool] = {}
 
     def __contains__(self, ip: object) -> bool:
         if not isinstance(ip, str) or not self.networks:
             return False
+        known = self._known.get(ip)
+        if known is not None:
+            return known
         try:
             addr = client_ip(ip)
         except ValueError:
             return False
-        return any(addr in net for net in self.networks)
+        answer = any(addr in net for net in self.networks)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[ip] = answer
+        return answer
 
     def __bool__(self) -> bool:
         return bool(self.networks)

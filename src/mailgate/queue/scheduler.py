@@ -360,7 +360,7 @@ class Scheduler:
 
     def _remove(self, entry: Entry) -> None:
         self._drop_content(entry)
-        self.spool.remove(entry.qid, state=entry.has_state, held=False)
+        self.spool.remove_later(entry.qid, state=entry.has_state)
         self.entries.pop(entry.qid, None)
         log.info("%s: removed", entry.qid)
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
+import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from mailgate.types import Envelope
@@ -44,16 +45,16 @@ class NoStorage(SpoolError):
 
 
 def new_queue_id() -> str:
-    """A 14-character id, sortable by arrival time (microseconds) with a random tail."""
-    value = time.time_ns() // 1000
+    """A 14-character id, sortable by arrival time (microseconds) with a random tail.
+
+    The tail need not be unpredictable: commit() never overwrites an existing file.
+    """
+    value = (time.time_ns() // 1000) * 29791 + random.getrandbits(15) % 29791  # 31**3
     out = []
-    base = len(_ALPHABET)
-    for _ in range(11):
-        value, digit = divmod(value, base)
+    for _ in range(14):
+        value, digit = divmod(value, 31)
         out.append(_ALPHABET[digit])
-    head = "".join(reversed(out))
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(3))
-    return head + tail
+    return "".join(reversed(out))
 
 
 def valid_queue_id(qid: str) -> bool:
@@ -108,6 +109,8 @@ class Spool:
             (root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._queue_syncer = _DirSyncer(root / "queue")
         self._hold_syncer = _DirSyncer(root / "hold")
+        self._removals: SimpleQueue[tuple[str, bool] | None] = SimpleQueue()
+        self._remover: threading.Thread | None = None
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -172,6 +175,32 @@ class Spool:
         return None
 
     # -- changes -------------------------------------------------------------------------
+
+    def remove_later(self, qid: str, *, state: bool) -> None:
+        """Delete a delivered message from a background thread, in batches.
+
+        A crash before the unlink only means the message is delivered again (a duplicate).
+        """
+        self._removals.put((qid, state))
+        if self._remover is None:
+            self._remover = threading.Thread(target=self._remove_loop, name="mailgate-unlink",
+                                             daemon=True)  # fmt: skip
+            self._remover.start()
+
+    def _remove_loop(self) -> None:
+        while True:
+            item = self._removals.get()
+            if item is None:
+                return
+            qid, state = item
+            self.remove(qid, state=state, held=False)
+
+    def close(self) -> None:
+        """Finish pending removals."""
+        if self._remover is not None:
+            self._removals.put(None)
+            self._remover.join(30)
+            self._remover = None
 
     def remove(self, qid: str, *, state: bool = True, held: bool = True) -> bool:
         """Delete a message (and its state file); the scheduler's hot path names what exists."""

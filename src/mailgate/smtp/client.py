@@ -25,10 +25,10 @@ _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
 
 def to_reply(code: int, message: str) -> Reply:
     """Turn a server's reply into a Reply, splitting off its enhanced status code."""
-    text = " ".join(line.strip() for line in message.splitlines()) if message else ""
-    match = _ENHANCED.match(text)
-    if match:
-        return Reply(code, match.group(1), text[match.end() :])
+    text = " ".join(line.strip() for line in message.splitlines()) if "\n" in message else message
+    first, _, rest = text.partition(" ")
+    if first[:1] in ("2", "4", "5") and _ENHANCED.match(first + " "):
+        return Reply(code, first, rest.lstrip())
     return Reply(code, None, text)
 
 
@@ -191,12 +191,34 @@ class SmtpClient:
         if result.mail.code != 250 or not any(r.code in (250, 251) for r in result.recipients):
             await self.reset()
             return result
-        try:
-            result.data = _response(await self._smtp.data(data, timeout=data_timeout))
-        except aiosmtplib.SMTPDataError as exc:
-            result.data = to_reply(exc.code, exc.message)
+        result.data = await self._data(data, data_timeout)
         self.last_used = time.monotonic()
         return result
+
+    async def _data(self, content: bytes, reply_timeout: float) -> Reply:
+        """DATA with content that is already CRLF-only (the spool guarantees it).
+
+        aiosmtplib's data() would re-normalise line ends and dot-stuff with two regular
+        expression passes over the whole message; one bytes.replace does the stuffing here
+        (RFC 5321 4.5.2), and the protocol's own write/read_response carry it.
+        """
+        start = _response(await self._smtp.execute_command(b"DATA"))
+        if start.code != 354:
+            return start
+        protocol = self._smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the content")
+        stuffed = content.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        # Nothing awaits between the write and read_response(), which marks the reply as
+        # expected, so the reply cannot arrive unclaimed.
+        protocol.write(stuffed + b".\r\n")
+        try:
+            return _response(await protocol.read_response(timeout=reply_timeout))
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
 
     async def probe(self, sender: str, addresses: list[str], *, utf8: bool) -> Transaction:
         """What delivery would hear for these addresses, without sending anything: MAIL, one
