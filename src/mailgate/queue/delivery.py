@@ -16,12 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import aiosmtplib
-
 from mailgate.config.model import Config
 from mailgate.dns import DnsNotFound, DnsTempError, NullMx, Resolver
 from mailgate.queue.routing import Destination
-from mailgate.smtp.client import ConnectionFailed, SmtpClient, Transaction, default_status
+from mailgate.smtp.client import (
+    ClientTimeout,
+    ConnectionFailed,
+    SmtpClient,
+    Transaction,
+    default_status,
+)
 from mailgate.smtp.params import xtext_encode
 from mailgate.types import Envelope, Recipient, Reply
 
@@ -241,7 +245,7 @@ def failure_outcomes(indices: list[int], failure: DestinationFailure) -> list[Ou
 
 def broken_outcomes(indices: list[int], client: SmtpClient, exc: BaseException) -> list[Outcome]:
     """A connection broke during a transaction: nothing is known to be delivered."""
-    if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+    if isinstance(exc, ClientTimeout):
         text = f"conversation with {client.remote} timed out"
     else:
         text = f"lost connection with {client.remote}: {exc or type(exc).__name__}"

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import aiosmtplib
-
 from mailgate.config.runtime import RuntimeConfig
 from mailgate.dsn import RecipientReport, build_report, dsn_envelope
 from mailgate.queue.delivery import (
@@ -300,12 +298,16 @@ class Scheduler:
                     return failure_outcomes(job.indices, failure), None
             try:
                 outcomes = await self.deliverer.send(client, entry.envelope, content, job.indices)
-            except (aiosmtplib.SMTPException, OSError) as exc:
+            except OSError as exc:
                 client.close()
                 if reused:
                     # The peer may have closed a cached connection; try once on a new one.
                     client = None
                     continue
+                return broken_outcomes(job.indices, client, exc), None
+            except Exception as exc:  # a bug must not strand the message: defer it, loudly
+                log.exception("%s: delivery attempt failed", entry.qid)
+                client.close()
                 return broken_outcomes(job.indices, client, exc), None
             return outcomes, client if client.is_connected else None
         raise AssertionError("unreachable")

@@ -1,39 +1,44 @@
-"""SMTP client connection for delivery (and, later, recipient probes), on aiosmtplib.
+"""SMTP client sessions for delivery and recipient probes (RFC 5321), with PIPELINING (RFC 2920),
+STARTTLS by level (RFC 3207) and the ESMTP parameters delivery passes on.
 
-aiosmtplib carries the protocol (replies, dot-stuffing, STARTTLS); this module decides
-everything policy-related itself: TLS by level (none / may / encrypt, RFC 3207, without
-certificate verification as Postfix's "may" and "encrypt"), addresses sent exactly as they
-were received (aiosmtplib's own MAIL/RCPT helpers would re-parse them), and every reply turned
-into a mailgate Reply with its enhanced status code.
+An asyncio protocol of mailgate's own (aiosmtplib cannot pipeline: it drops a reply that
+arrives while an earlier one waits to be read). With PIPELINING the envelope goes in one write,
+MAIL, every RCPT and DATA, and the replies are read in order; content is dot-stuffed in one
+pass (RFC 5321 4.5.2) because the spool holds CRLF-only text. TLS follows the destination's
+level: none, may (opportunistic) or encrypt (mandatory), without certificate verification as
+Postfix's "may" and "encrypt".
+
+Security notes: command arguments never contain CR or LF (addresses come from mailgate's
+parser; anything else is refused before it is written); replies are bounded in size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass, field
-
-import aiosmtplib
-from aiosmtplib.response import SMTPResponse
 
 from mailgate.config.model import TlsLevel
 from mailgate.types import Reply
 
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+MAX_REPLY_LENGTH = 64 * 1024
 
 
-def to_reply(code: int, message: str) -> Reply:
-    """Turn a server's reply into a Reply, splitting off its enhanced status code."""
-    text = " ".join(line.strip() for line in message.splitlines()) if "\n" in message else message
-    first, _, rest = text.partition(" ")
-    if first[:1] in ("2", "4", "5") and _ENHANCED.match(first + " "):
-        return Reply(code, first, rest.lstrip())
-    return Reply(code, None, text)
+def to_reply(code: int, lines: list[str]) -> Reply:
+    """A reply from its code and text lines, the enhanced status code (RFC 2034) split off.
 
-
-def _response(response: SMTPResponse) -> Reply:
-    return to_reply(response.code, response.message)
+    Lines stay separate in `text` ("\n"), as EHLO's extension list needs them.
+    """
+    first, _, rest = lines[0].partition(" ")
+    if first[:1] in ("2", "4", "5") and _ENHANCED.match(first):
+        prefix = first + " "
+        text = [rest.lstrip()] + [line.removeprefix(prefix) for line in lines[1:]]
+        return Reply(code, first, "\n".join(text))
+    return Reply(code, None, "\n".join(lines))
 
 
 def default_status(reply: Reply) -> str:
@@ -41,6 +46,14 @@ def default_status(reply: Reply) -> str:
     if reply.enhanced:
         return reply.enhanced
     return f"{reply.code // 100}.0.0"
+
+
+class ClientError(OSError):
+    """The session with the next hop broke (connection lost, garbled or oversized reply)."""
+
+
+class ClientTimeout(ClientError):
+    """The next hop did not answer in time."""
 
 
 class ConnectionFailed(Exception):
@@ -72,17 +85,112 @@ class Transaction:
     data: Reply | None = None
 
 
+class _Protocol(asyncio.Protocol):
+    """Splits the byte stream into replies; one waiter at a time reads them in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._lines: list[str] = []
+        self.replies: deque[Reply] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.error: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LENGTH:
+                    self._fail(ClientError("reply line too long"))
+                return
+            line = bytes(self._buffer[:end]).rstrip(b"\r").decode("utf-8", "replace")
+            del self._buffer[: end + 1]
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+                self._fail(ClientError(f"malformed reply line: {line[:100]!r}"))
+                return
+            self._lines.append(line[4:])
+            if sum(len(x) for x in self._lines) > MAX_REPLY_LENGTH:
+                self._fail(ClientError("reply too long"))
+                return
+            if line[3:4] != "-":
+                lines, self._lines = self._lines, []
+                self.replies.append(to_reply(int(line[:3]), lines))
+                self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ClientError(f"connection lost: {exc}" if exc else "connection closed"))
+
+    def eof_received(self) -> bool | None:
+        self._fail(ClientError("connection closed by the server"))
+        return None
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def reply(self, within: float) -> Reply:
+        """The next reply, waiting at most `within` seconds."""
+        if self.replies:
+            return self.replies.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not self.replies:
+            if self.error is not None:
+                raise self.error
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, self._expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self.replies.popleft()
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(ClientTimeout("timed out waiting for the reply"))
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.transport is None or self.transport.is_closing():
+            raise ClientError("connection closed")
+        self.transport.write(data)
+
+
+def _command(*parts: str, utf8: bool = False) -> bytes:
+    line = " ".join(p for p in parts if p)
+    if "\r" in line or "\n" in line:
+        raise ValueError("line breaks in an SMTP command")
+    return line.encode("utf-8" if utf8 else "ascii") + b"\r\n"
+
+
 class SmtpClient:
     """One open SMTP session with a next-hop host."""
 
-    def __init__(self, smtp: aiosmtplib.SMTP, host: str, ip: str, port: int) -> None:
-        self._smtp = smtp
+    def __init__(self, protocol: _Protocol, host: str, ip: str, port: int,
+                 command_timeout: float) -> None:  # fmt: skip
+        self._protocol = protocol
         self.host = host
         self.ip = ip
         self.port = port
+        self.command_timeout = command_timeout
         self.opened = time.monotonic()
         self.last_used = self.opened
         self.tls = False
+        self.extensions: dict[str, str] = {}
 
     @property
     def remote(self) -> str:
@@ -101,40 +209,37 @@ class SmtpClient:
         command_timeout: float,
         source_address: str | None = None,
     ) -> SmtpClient:
-        smtp = aiosmtplib.SMTP(
-            hostname=ip,
-            port=port,
-            local_hostname=helo,
-            source_address=(source_address, 0) if source_address else None,
-            timeout=command_timeout,
-            use_tls=False,
-            start_tls=False,
-            validate_certs=False,
-        )
+        loop = asyncio.get_running_loop()
         where = f"{host}[{ip}]:{port}"
         try:
-            await smtp.connect(timeout=connect_timeout)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            reply = to_reply(exc.code, exc.message)
-            raise ConnectionFailed(
-                f"host {where} refused to talk to me: {reply}",
-                status=default_status(reply),
-                reply=reply,
-            ) from None
-        except aiosmtplib.SMTPConnectTimeoutError:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    _Protocol,
+                    ip,
+                    port,
+                    local_addr=(source_address, 0) if source_address else None,
+                ),
+                connect_timeout,
+            )
+        except TimeoutError:
             raise ConnectionFailed(
                 f"connect to {where}: Connection timed out", status="4.4.1"
             ) from None
-        except (aiosmtplib.SMTPConnectError, OSError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
             raise ConnectionFailed(f"connect to {where}: {reason}", status="4.4.1") from None
-        client = cls(smtp, host, ip, port)
+        client = cls(protocol, host, ip, port, command_timeout)
         try:
+            greeting = await protocol.reply(command_timeout)
+            if greeting.code != 220:
+                raise ConnectionFailed(
+                    f"host {where} refused to talk to me: {greeting}",
+                    status=default_status(greeting),
+                    reply=greeting,
+                )
             await client._hello(helo)
-            if tls != TlsLevel.NONE and smtp.supports_extension("starttls"):
-                await smtp.starttls(tls_context=_TLS_CONTEXT, server_hostname=host)
-                client.tls = True
-                await client._hello(helo)
+            if tls != TlsLevel.NONE and client.supports("starttls"):
+                await client._starttls(helo)
             elif tls == TlsLevel.ENCRYPT:
                 raise ConnectionFailed(
                     f"TLS is required, but was not offered by host {where}", status="4.7.4"
@@ -142,13 +247,7 @@ class SmtpClient:
         except ConnectionFailed:
             client.close()
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            reply = to_reply(exc.code, exc.message)
-            raise ConnectionFailed(
-                f"host {where} said: {reply}", status=default_status(reply), reply=reply
-            ) from None
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError) as exc:
             client.close()
             raise ConnectionFailed(
                 f"lost connection with {where} while setting up the session: {exc}",
@@ -157,21 +256,54 @@ class SmtpClient:
         return client
 
     async def _hello(self, helo: str) -> None:
-        try:
-            await self._smtp.ehlo(hostname=helo)
-        except aiosmtplib.SMTPHeloError:
-            await self._smtp.helo(hostname=helo)
+        reply = await self._ask(_command("EHLO", helo))
+        if reply.code == 250:
+            self.extensions = _extensions(reply.text)
+            return
+        reply = await self._ask(_command("HELO", helo))
+        if reply.code != 250:
+            raise ConnectionFailed(
+                f"host {self.remote} refused to talk to me: {reply}",
+                status=default_status(reply),
+                reply=reply,
+            )
+        self.extensions = {}
+
+    async def _starttls(self, helo: str) -> None:
+        reply = await self._ask(b"STARTTLS\r\n")
+        if reply.code != 220:
+            raise ConnectionFailed(
+                f"host {self.remote} refused STARTTLS: {reply}", status="4.7.4", reply=reply
+            )
+        loop = asyncio.get_running_loop()
+        transport = self._protocol.transport
+        assert transport is not None
+        new_transport = await asyncio.wait_for(
+            loop.start_tls(transport, self._protocol, _TLS_CONTEXT, server_hostname=self.host),
+            self.command_timeout,
+        )
+        if new_transport is None:
+            raise ClientError("TLS handshake failed")
+        self._protocol.transport = new_transport
+        self.tls = True
+        # RFC 3207 4.2: forget what was learnt before TLS; ask again.
+        await self._hello(helo)
+
+    async def _ask(self, command: bytes, within: float | None = None) -> Reply:
+        self._protocol.write(command)
+        return await self._protocol.reply(within or self.command_timeout)
 
     def supports(self, extension: str) -> bool:
-        return self._smtp.supports_extension(extension)
+        return extension.lower() in self.extensions
 
     def size_limit(self) -> int | None:
-        value = self._smtp.esmtp_extensions.get("size", "")
-        return int(value) if value and value.isdigit() and int(value) > 0 else None
+        value = self.extensions.get("size", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
 
     @property
     def is_connected(self) -> bool:
-        return self._smtp.is_connected
+        transport = self._protocol.transport
+        return self._protocol.error is None and transport is not None and not transport.is_closing()
 
     async def transaction(
         self,
@@ -183,46 +315,38 @@ class SmtpClient:
         utf8: bool,
         data_timeout: float,
     ) -> Transaction:
-        """Run MAIL, RCPT for each recipient, and DATA when any recipient was accepted.
+        """MAIL, RCPT for each recipient, DATA and the content when any was accepted.
 
-        Raises aiosmtplib.SMTPException or OSError when the connection breaks.
+        Raises ClientError (an OSError) when the session breaks.
         """
-        result = await self._envelope(sender, mail_options, recipients, utf8)
-        if result.mail.code != 250 or not any(r.code in (250, 251) for r in result.recipients):
+        self.last_used = time.monotonic()
+        result = await self._envelope(sender, mail_options, recipients, utf8, with_data=True)
+        accepted = result.mail.code == 250 and any(r.code in (250, 251) for r in result.recipients)
+        if result.data is not None and result.data.code == 354:
+            if not accepted:
+                # RFC 2920 3.1: a server that still said 354 gets an empty message, then RSET.
+                await self._ask(b".\r\n", data_timeout)
+                await self.reset()
+                result.data = None
+                return result
+        elif not accepted:
+            result.data = None
             await self.reset()
             return result
-        result.data = await self._data(data, data_timeout)
+        if result.data is None:
+            result.data = await self._ask(b"DATA\r\n")
+        if result.data.code == 354:
+            stuffed = data.replace(b"\r\n.", b"\r\n..")
+            if stuffed.startswith(b"."):
+                stuffed = b"." + stuffed
+            result.data = await self._ask(stuffed + b".\r\n", data_timeout)
         self.last_used = time.monotonic()
         return result
-
-    async def _data(self, content: bytes, reply_timeout: float) -> Reply:
-        """DATA with content that is already CRLF-only (the spool guarantees it).
-
-        aiosmtplib's data() would re-normalise line ends and dot-stuff with two regular
-        expression passes over the whole message; one bytes.replace does the stuffing here
-        (RFC 5321 4.5.2), and the protocol's own write/read_response carry it.
-        """
-        start = _response(await self._smtp.execute_command(b"DATA"))
-        if start.code != 354:
-            return start
-        protocol = self._smtp.protocol
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before the content")
-        stuffed = content.replace(b"\r\n.", b"\r\n..")
-        if stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        # Nothing awaits between the write and read_response(), which marks the reply as
-        # expected, so the reply cannot arrive unclaimed.
-        protocol.write(stuffed + b".\r\n")
-        try:
-            return _response(await protocol.read_response(timeout=reply_timeout))
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-            self.close()
-            raise
 
     async def probe(self, sender: str, addresses: list[str], *, utf8: bool) -> Transaction:
         """What delivery would hear for these addresses, without sending anything: MAIL, one
         RCPT each, then RSET (a recipient verification callout)."""
+        self.last_used = time.monotonic()
         options = ["SMTPUTF8"] if utf8 and self.supports("smtputf8") else []
         result = await self._envelope(sender, options, [(a, []) for a in addresses], utf8)
         await self.reset()
@@ -234,44 +358,56 @@ class SmtpClient:
         mail_options: list[str],
         recipients: list[tuple[str, list[str]]],
         utf8: bool,
+        with_data: bool = False,
     ) -> Transaction:
-        encoding = "utf-8" if utf8 else "ascii"
-        self.last_used = time.monotonic()
-        mail = _response(
-            await self._smtp.execute_command(
-                b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *_ascii(mail_options)
-            )
-        )
-        result = Transaction(mail)
-        if mail.code != 250:
+        mail = _command(f"MAIL FROM:<{sender}>", *mail_options, utf8=utf8)
+        rcpts = [
+            _command(f"RCPT TO:<{address}>", *options, utf8=utf8) for address, options in recipients
+        ]
+        protocol = self._protocol
+        timeout = self.command_timeout
+        if self.supports("pipelining"):
+            # RFC 2920: the whole envelope in one write, replies read in order.
+            protocol.write(mail + b"".join(rcpts) + (b"DATA\r\n" if with_data else b""))
+            result = Transaction(await protocol.reply(timeout))
+            for _ in rcpts:
+                result.recipients.append(await protocol.reply(timeout))
+            if with_data:
+                result.data = await protocol.reply(timeout)
             return result
-        for address, options in recipients:
-            reply = _response(
-                await self._smtp.execute_command(
-                    b"RCPT", b"TO:<" + address.encode(encoding) + b">", *_ascii(options)
-                )
-            )
-            result.recipients.append(reply)
+        result = Transaction(await self._ask(mail))
+        if result.mail.code != 250:
+            return result
+        for command in rcpts:
+            result.recipients.append(await self._ask(command))
         return result
 
     async def reset(self) -> None:
         try:
-            await self._smtp.rset()
-        except (aiosmtplib.SMTPException, OSError):
+            await self._ask(b"RSET\r\n")
+        except OSError:
             self.close()
 
     async def quit(self) -> None:
         try:
-            if self._smtp.is_connected:
-                await self._smtp.quit(timeout=5)
-        except (aiosmtplib.SMTPException, OSError):
+            if self.is_connected:
+                await self._ask(b"QUIT\r\n", 5)
+        except OSError:
             pass
         finally:
             self.close()
 
     def close(self) -> None:
-        self._smtp.close()
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
 
-def _ascii(options: list[str]) -> list[bytes]:
-    return [option.encode("ascii") for option in options]
+def _extensions(text: str) -> dict[str, str]:
+    """EHLO keywords (lowercase) and their parameters; the first line is the server's name."""
+    out: dict[str, str] = {}
+    for line in text.split("\n")[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            out[keyword.lower()] = params
+    return out

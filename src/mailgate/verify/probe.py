@@ -13,8 +13,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import aiosmtplib
-
 from mailgate.config.runtime import RuntimeConfig
 from mailgate.metrics import Counters
 from mailgate.queue.delivery import Deliverer, DestinationFailure
@@ -65,7 +63,7 @@ class Prober:
             except asyncio.CancelledError:
                 client.close()  # the deadline passed mid-conversation: the session is unusable
                 raise
-            except (aiosmtplib.SMTPException, OSError) as exc:
+            except OSError as exc:
                 client.close()
                 if reused and attempt == 0:
                     continue  # a cached connection the peer had closed: once more, fresh
