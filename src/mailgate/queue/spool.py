@@ -105,6 +105,7 @@ class StoredMessage:
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
         for name in _DIRS:
             (root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._queue_syncer = _DirSyncer(root / "queue")
@@ -113,6 +114,12 @@ class Spool:
         self._remover: threading.Thread | None = None
 
     # -- paths ---------------------------------------------------------------------------
+
+    def _file(self, qid: str, where: str) -> str:
+        """The path as a string: the commit and removal hot paths skip pathlib."""
+        if not valid_queue_id(qid):
+            raise ValueError(f"bad queue id {qid!r}")
+        return f"{self._root}/{where}/{qid}"
 
     def path(self, qid: str, where: str = "queue") -> Path:
         if not valid_queue_id(qid):
@@ -124,8 +131,8 @@ class Spool:
     def commit(self, envelope: Envelope, content: bytes) -> None:
         """Store a message durably. Blocking: call it from a worker thread."""
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode()
-        incoming = self.path(envelope.qid, "incoming")
-        final = self.path(envelope.qid)
+        incoming = self._file(envelope.qid, "incoming")
+        final = self._file(envelope.qid, "queue")
         linked = False
         try:
             fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -207,12 +214,12 @@ class Spool:
         removed = False
         for where in ("queue", "hold") if held else ("queue",):
             try:
-                os.unlink(self.path(qid, where))
+                os.unlink(self._file(qid, where))
                 removed = True
             except FileNotFoundError:
                 pass
         if state:
-            _unlink_quietly(self.path(qid, "state"))
+            _unlink_quietly(self._file(qid, "state"))
         return removed
 
     def hold(self, qid: str) -> bool:
@@ -280,7 +287,7 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
                 written = 0
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: Path | str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

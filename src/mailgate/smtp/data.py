@@ -65,7 +65,7 @@ def received_header(
     proto: str,
     qid: str,
     recipient: str | None,
-    when: datetime,
+    when: datetime | float,
     tls: str | None = None,
 ) -> str:
     """A Received header (RFC 5321 section 4.4) in Postfix's layout, folded, CRLF-terminated."""
@@ -75,9 +75,23 @@ def received_header(
     if tls:
         lines.append(f"\t({printable(tls, 200)})")
     lines.append(f"\tby {hostname} (mailgate) with {proto} id {qid}")
-    stamp = format_datetime(when)
+    stamp = _date(when)
     if recipient is not None:
         lines.append(f"\tfor <{printable(recipient, 300)}>; {stamp}")
     else:
         lines[-1] += f"; {stamp}"
     return "\r\n".join(lines) + "\r\n"
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(when: datetime | float) -> str:
+    """RFC 5322 date of `when` in local time, formatted once per second."""
+    global _last_date
+    if isinstance(when, datetime):
+        return format_datetime(when)
+    second = int(when)
+    if _last_date[0] != second:
+        _last_date = (second, format_datetime(datetime.fromtimestamp(second).astimezone()))
+    return _last_date[1]

@@ -25,7 +25,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailgate.policy.relay import RelayVerdict
@@ -626,7 +625,7 @@ class SmtpSession(asyncio.Protocol):
                 proto=proto,
                 qid=txn.qid,
                 recipient=single,
-                when=datetime.fromtimestamp(now).astimezone(),
+                when=now,
                 tls=self.tls_info,
             ),
         )
