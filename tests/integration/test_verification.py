@@ -242,7 +242,8 @@ def test_cli_shows_tests_and_flushes_the_cache(
     assert "bob@example.com  ok" in mailgate("verify", "test", "bob@example.com")
     assert "nobody@example.com  bad" in mailgate("verify", "test", "nobody@example.com")
     assert "nobody@example.com  bad" in mailgate("verify", "show", "nobody@example.com")
-    wait_until(lambda: "bob@example.com" in mailgate("verify", "list"), what="the store write")
+    wait_until(lambda: "bob@example.com" in mailgate("verify", "list")
+               and "nobody@example.com" in mailgate("verify", "list"), what="the store writes")  # fmt: skip
     assert "nobody@example.com" in mailgate("verify", "list", "--status", "bad")
     assert mailgate("verify", "flush", "--status", "bad").strip() == "1 cache entry removed"
     assert "not in the cache" in mailgate("verify", "show", "nobody@example.com")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,6 +67,9 @@ class Verifier:
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Store writes and deletes go through one thread, in order: a flush can never be
+        # overtaken by a write that was already on its way.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-verify")
 
     async def verify(self, mailboxes: list[Mailbox]) -> list[Verdict]:
         runtime = self._runtime()
@@ -172,7 +175,7 @@ class Verifier:
     def _save(self, entry: Entry) -> None:
         if self.store is None:
             return
-        future = self._executor.submit(self.store.put, entry)
+        future = self._writer.submit(self.store.put, entry)
 
         def _report(done: Any) -> None:
             if done.exception() is not None:
@@ -202,7 +205,7 @@ class Verifier:
         if self.store is None:
             return 0
         key = cache_key(parse_address(address)) if address is not None else None
-        return self.store.delete(key, status)
+        return self._writer.submit(self.store.delete, key, status).result()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -210,6 +213,7 @@ class Verifier:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         self.prober.close()
+        self._writer.shutdown(wait=True)
 
 
 def parse_address(address: str) -> Mailbox:
@@ -228,8 +232,6 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 async def probe_once(config: Any, address: str, store: VerifyStore | None) -> Entry:
     """Probe one address from this process (the CLI when no gateway runs on the node)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from mailgate.dns import DnsPythonResolver
     from mailgate.queue.delivery import Deliverer
 
