@@ -25,13 +25,18 @@ from mailgate.control import ControlServer
 from mailgate.dns import DnsPythonResolver, Resolver
 from mailgate.intake import Intake
 from mailgate.metrics import Counters
-from mailgate.queue.delivery import Deliverer
+from mailgate.pipeline.api import Check
+from mailgate.pipeline.runner import Pipeline
+from mailgate.quarantine import Quarantine
+from mailgate.queue.delivery import Deliverer, Outcome
 from mailgate.queue.manager import QueueManager
 from mailgate.queue.scheduler import Scheduler
 from mailgate.queue.spool import Spool
 from mailgate.smtp.server import SmtpServer
 from mailgate.store.db import make_engine
 from mailgate.store.migrate import ensure_schema
+from mailgate.tracking import MessageLog
+from mailgate.types import Envelope, Recipient
 from mailgate.verify.cache import VerifyStore
 from mailgate.verify.domains import DomainChecker
 from mailgate.verify.probe import Prober
@@ -61,6 +66,10 @@ class Paths:
     @property
     def control_socket(self) -> Path:
         return self.data_dir / "control.sock"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data_dir / "quarantine"
 
     @property
     def lock(self) -> Path:
@@ -113,7 +122,19 @@ class Gateway:
             runtime=lambda: self.holder.current,
             executor=self.executor,
         )
-        self.intake = Intake(self.scheduler)
+        node = revision.config.main.hostname
+        self.tracking = MessageLog(self.engine, node)
+        self.quarantine = Quarantine(self.paths.quarantine, self.engine, node)
+        self.pipeline = Pipeline(self._checks(), self.counters)
+        self.scheduler.on_outcome = self._track_outcome
+        self.intake = Intake(
+            self.scheduler,
+            runtime=lambda: self.holder.current,
+            executor=self.executor,
+            pipeline=self.pipeline,
+            quarantine=self.quarantine,
+            tracking=self.tracking,
+        )
         self.verifier = Verifier(
             prober=Prober(deliverer, lambda: self.holder.current, self.counters),
             runtime=lambda: self.holder.current,
@@ -188,10 +209,29 @@ class Gateway:
             except Exception:  # the store may be briefly unreachable; keep serving mail
                 log.exception("cannot read the configuration store")
 
+    def _checks(self) -> dict[str, Check]:
+        """The scan modules; each runs when Protection enables it and a rule scans."""
+        return {}
+
+    def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
+        self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,
+                               outcome.remote or "", outcome.text)  # fmt: skip
+
     async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        ticks = 0
         while True:
             await asyncio.sleep(1)
+            ticks += 1
             self.verifier.prober.sweep()
+            if ticks % 3600 == 1:  # hourly, and once at start
+                settings = self.holder.current.config.protection.quarantine
+                removed = await loop.run_in_executor(
+                    self.executor, self.quarantine.cleanup, settings.retention_days,
+                    settings.max_size_mb,
+                )  # fmt: skip
+                if removed:
+                    log.info("quarantine: %d message(s) past retention removed", removed)
 
     def _control_handlers(self) -> dict[str, Any]:
         queue = self.queue
@@ -263,6 +303,7 @@ class Gateway:
         await self.verifier.close()
         await self.scheduler.stop()
         self.spool.close()
+        self.tracking.close()
         self.executor.shutdown(wait=True)
         self.engine.dispose()
         if self._lock_fd is not None:

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from mailgate.config.protection import Protection, Rule, default_rule
 from mailgate.smtp.address import AddressError, parse_domain, parse_path
 
 
@@ -518,6 +519,25 @@ class Config(_Section):
     advanced: AdvancedSettings = Field(
         default_factory=AdvancedSettings, description="Advanced settings."
     )
+    protection: Protection = Field(
+        default_factory=Protection, description="Scan modules and their engines."
+    )
+    rules: list[Rule] = Field(
+        default_factory=list,
+        description="Rules, tried top to bottom; the first enabled match wins.",
+    )
+    default_rule: Rule = Field(
+        default_factory=default_rule, description="The rule for mail no other rule matches."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rules(cls, rules: list[Rule]) -> list[Rule]:
+        names = [r.name for r in rules]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"rule name {name!r} is used twice")
+        return rules
 
     @field_validator("domains")
     @classmethod

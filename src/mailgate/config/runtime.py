@@ -20,6 +20,7 @@ class RuntimeConfig:
     config: Config
     relay: RelayPolicy = field(init=False)
     trusted: TrustedNetworks = field(init=False)
+    upstream: TrustedNetworks = field(init=False)
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -28,6 +29,8 @@ class RuntimeConfig:
             self, "relay", RelayPolicy(d.name for d in self.config.domains if d.local)
         )
         object.__setattr__(self, "trusted", TrustedNetworks(main.trusted_networks))
+        upstream = TrustedNetworks(self.config.protection.upstream_gateways)
+        object.__setattr__(self, "upstream", upstream)
         object.__setattr__(self, "router", Router(self.config))
 
     @property

@@ -26,6 +26,7 @@ from mailgate.smtp.client import (
     Transaction,
     default_status,
 )
+from mailgate.smtp.data import tag_subject
 from mailgate.smtp.params import xtext_encode
 from mailgate.types import Envelope, Recipient, Reply
 
@@ -189,6 +190,9 @@ class Deliverer:
             (envelope.recipients[i].address, _rcpt_options(envelope.recipients[i], dsn_ok))
             for i in indices
         ]
+        tag = envelope.extra.get("subject_tag")
+        if tag:  # the stored message stays as received; the tag is applied on the way out
+            content = tag_subject(content, str(tag))
         data = envelope.prepend.encode("utf-8") + content
         config = self._config()
         txn: Transaction = await client.transaction(

@@ -39,7 +39,7 @@ from mailgate.queue.delivery import (
 from mailgate.queue.routing import Destination
 from mailgate.queue.spool import Spool, new_queue_id
 from mailgate.smtp.client import SmtpClient
-from mailgate.types import Envelope
+from mailgate.types import Envelope, Recipient
 
 log = logging.getLogger("mailgate.qmgr")
 delivery_log = logging.getLogger("mailgate.smtp")
@@ -125,6 +125,8 @@ class Scheduler:
         self._sweeper: asyncio.Task[None] | None = None
         self.delivered = 0
         self.bounced = 0
+        # Called with (envelope, recipient, outcome) for every delivery attempt's result.
+        self.on_outcome: Callable[[Envelope, Recipient, Outcome], None] | None = None
         self._content_bytes = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -323,6 +325,8 @@ class Scheduler:
         for outcome in outcomes:
             recipient = envelope.recipients[outcome.index]
             relay = outcome.remote or str(job.destination)
+            if self.on_outcome is not None:
+                self.on_outcome(envelope, recipient, outcome)
             delivery_log.info(
                 "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
                 entry.qid, recipient.address, relay, delay_since(envelope.arrival),
@@ -436,10 +440,17 @@ class Scheduler:
         if envelope.is_bounce:
             log.info("%s: undeliverable bounce discarded (no DSN to the null sender)", entry.qid)
             return True
+        return await self.report(envelope, await self._content(entry), reports)
+
+    async def report(self, envelope: Envelope, original: bytes,
+                     reports: list[RecipientReport]) -> bool:  # fmt: skip
+        """Queue one DSN to the sender of `envelope` (never to the null sender, never against
+        NOTIFY=NEVER); False if it could not be stored."""
+        if envelope.is_bounce:
+            return True
         wanted = [r for r in reports if r.recipient.wants_failure_report]
         if not wanted:
             return True
-        original = await self._content(entry)
         runtime = self._runtime()
         now = self._clock()
         qid = new_queue_id()
@@ -454,9 +465,9 @@ class Scheduler:
         try:
             await self.enqueue(dsn, content)
         except OSError as exc:
-            log.error("%s: cannot queue the non-delivery notification: %s", entry.qid, exc)
+            log.error("%s: cannot queue the non-delivery notification: %s", envelope.qid, exc)
             return False
-        log.info("%s: sender non-delivery notification: %s", entry.qid, qid)
+        log.info("%s: sender non-delivery notification: %s", envelope.qid, qid)
         return True
 
     def _schedule(self, entry: Entry, delay: float) -> None:

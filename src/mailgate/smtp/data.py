@@ -95,3 +95,37 @@ def _date(when: datetime | float) -> str:
     if _last_date[0] != second:
         _last_date = (second, format_datetime(datetime.fromtimestamp(second).astimezone()))
     return _last_date[1]
+
+
+def header_line(name: str, value: str, width: int = 78) -> str:
+    """One header field, folded at spaces (RFC 5322 2.2.3), CRLF-terminated. Any line break
+    in `value` becomes a space: a value can never start a header of its own."""
+    clean = " ".join(printable(value, 4000).split())
+    words = clean.split(" ")
+    lines: list[str] = []
+    start = current = f"{printable(name, 100)}:"
+    for word in words:
+        if len(current) + 1 + len(word) > width and current != start:
+            lines.append(current)
+            current = "\t" + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def tag_subject(content: bytes, tag: str) -> bytes:
+    """The message with `tag` put in front of its Subject (added if there is none; not added
+    twice). Only the header section changes."""
+    head = header_section(content)
+    body = content[len(head) :]
+    raw_tag = printable(tag, 64).encode("utf-8")
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        if line[:8].lower() == b"subject:":
+            value = line[8:].lstrip()
+            if value.startswith(raw_tag):
+                return content
+            lines[i] = b"Subject: " + raw_tag + b" " + value
+            return b"\r\n".join(lines) + body
+    return b"Subject: " + raw_tag + b"\r\n" + content

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mailgate.auth.client_origin import real_client
+from mailgate.pipeline.api import RealClient
 from mailgate.policy.relay import RelayVerdict
 from mailgate.smtp import codes
 from mailgate.smtp.address import AddressError, parse_path, printable, split_path
@@ -37,6 +39,7 @@ from mailgate.smtp.params import (
     RcptParams,
     parse_mail_params,
     parse_rcpt_params,
+    xtext_decode,
 )
 from mailgate.types import ClientInfo, Envelope, Mailbox, Recipient, Reply
 
@@ -125,6 +128,10 @@ class SmtpSession(asyncio.Protocol):
         self._data_dropped = 0
         self._counted = False
         self._tls_task: asyncio.Future[None] | None = None
+        # What an upstream gateway said about the real client (XCLIENT: the session;
+        # XFORWARD: the next transaction).
+        self.xclient: dict[str, str] = {}
+        self.xforward: dict[str, str] = {}
         self._pending: asyncio.Future[Any] | None = None
 
     # -- connection ----------------------------------------------------------------------
@@ -322,6 +329,9 @@ class SmtpSession(asyncio.Protocol):
         if not self.tls and self.server.tls_context is not None:
             extensions.append("STARTTLS")
         extensions += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]
+        if self.ip in runtime.upstream:  # offered to the border gateway only
+            extensions += ["XCLIENT NAME ADDR PROTO HELO LOGIN",
+                           "XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT"]  # fmt: skip
         self._reply(codes.ehlo_lines(runtime.hostname, extensions))
 
     def cmd_helo(self, arg: str) -> None:
@@ -630,24 +640,79 @@ class SmtpSession(asyncio.Protocol):
             ),
         )
         self.txn = None
+        origin = real_client(
+            connection_ip=self.ip,
+            helo=self.helo,
+            from_upstream=self.ip in txn.runtime.upstream,
+            xclient=self.xclient,
+            xforward=self.xforward,
+            content=content,
+        )
+        self.xforward = {}
+        if origin.source != "connection":
+            envelope.extra["real_client"] = {
+                "ip": origin.ip, "helo": origin.helo, "name": origin.name, "source": origin.source,
+            }  # fmt: skip
 
         def _done(reply: Reply) -> None:
             self._reply(reply)
 
-        self._wait(self._accept(envelope, content), _done)
+        self._wait(self._accept(envelope, content, origin), _done)
 
-    async def _accept(self, envelope: Envelope, content: bytes) -> Reply:
+    async def _accept(self, envelope: Envelope, content: bytes, origin: RealClient) -> Reply:
         try:
-            return await self.server.intake.accept(envelope, content)
+            return await self.server.intake.accept(envelope, content, origin)
         except Exception:
             log.exception("%s: internal error while accepting the message", envelope.qid)
             return Reply(451, "4.3.0", "Error: internal error")
+
+    def _attributes(self, command: str, arg: str, names: frozenset[str]) -> dict[str, str] | None:
+        """Parse XCLIENT/XFORWARD attributes; reply and return None when refused."""
+        if self.ip not in self.server.holder.current.upstream:
+            self._reply(Reply(550, "5.7.0", "Error: insufficient authorization"))
+            return None
+        if self.txn is not None:
+            self._reply(Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
+            return None
+        attrs: dict[str, str] = {}
+        for token in arg.split():
+            name, sep, value = token.partition("=")
+            if not sep or name.upper() not in names:
+                self._reply(Reply(501, "5.5.4", f"Bad {command} attribute name: {name[:40]}"))
+                return None
+            try:
+                attrs[name.upper()] = xtext_decode(value)
+            except ValueError:
+                self._reply(Reply(501, "5.5.4", f"Bad {command} attribute value: {name[:40]}"))
+                return None
+        if not attrs:
+            self._reply(Reply(501, "5.5.4", f"Syntax: {command} attribute=value..."))
+            return None
+        return attrs
+
+    def cmd_xforward(self, arg: str) -> None:
+        attrs = self._attributes("XFORWARD", arg, _XFORWARD_NAMES)
+        if attrs is not None:
+            self.xforward.update(attrs)
+            self._reply(codes.OK)
+
+    def cmd_xclient(self, arg: str) -> None:
+        attrs = self._attributes("XCLIENT", arg, _XCLIENT_NAMES)
+        if attrs is None:
+            return
+        self.xclient = attrs
+        self.xforward = {}
+        self.helo = ""
+        self.esmtp = False
+        # The session starts over as the client the gateway named (Postfix XCLIENT_README).
+        self._reply(codes.greeting(self.server.holder.current.hostname))
 
     def cmd_rset(self, arg: str) -> None:
         if arg.strip():
             self._reply(codes.NO_ARGUMENTS)
             return
         self.txn = None
+        self.xforward = {}
         self._reply(codes.OK)
 
     def cmd_noop(self, arg: str) -> None:
@@ -720,7 +785,12 @@ _HANDLERS: dict[str, Callable[[SmtpSession, str], None]] = {
     "QUIT": SmtpSession.cmd_quit,
     "VRFY": SmtpSession.cmd_vrfy,
     "STARTTLS": SmtpSession.cmd_starttls,
+    "XFORWARD": SmtpSession.cmd_xforward,
+    "XCLIENT": SmtpSession.cmd_xclient,
 }
+_XFORWARD_NAMES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"})
+_XCLIENT_NAMES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR",
+                            "DESTPORT"})  # fmt: skip
 
 
 def _peer(peer: Any) -> tuple[str, int]:

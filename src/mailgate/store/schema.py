@@ -7,9 +7,9 @@ constant equal to Alembic's head).
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 metadata = MetaData()
 
@@ -36,4 +36,65 @@ verify_cache = Table(
     Column("reply", Text, nullable=False),
     Column("updated", Float, nullable=False),  # when the current status was learnt (epoch)
     Column("probed", Float, nullable=False),  # when the address was last probed (epoch)
+)
+
+# The message log (tracking): one row per received message, and one per delivery outcome.
+message_log = Table(
+    "message_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("qid", String(32), nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("received", Float, nullable=False),
+    Column("client_ip", String(64), nullable=False),
+    Column("real_client_ip", String(64), nullable=False),
+    Column("real_client_source", String(16), nullable=False),
+    Column("helo", String(255), nullable=False),
+    Column("sender", String(512), nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("rules", Text, nullable=False),  # JSON list of rule names
+    Column("verdicts", Text, nullable=False),  # JSON: module -> "verdict (detail)"
+    Column("action", String(32), nullable=False),
+    Column("reply", Text, nullable=False),
+    Index("ix_message_log_qid", "qid"),
+    Index("ix_message_log_received", "received"),
+    Index("ix_message_log_sender", "sender"),
+)
+
+message_deliveries = Table(
+    "message_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("qid", String(32), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("recipient", String(512), nullable=False),
+    Column(
+        "status", String(16), nullable=False
+    ),  # sent | deferred | bounced | deleted | quarantined
+    Column("dsn", String(16), nullable=False),
+    Column("relay", String(255), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_message_deliveries_qid", "qid"),
+    Index("ix_message_deliveries_recipient", "recipient"),
+)
+
+# The quarantine index; the messages themselves are files on the node that kept them.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("qid", String(32), nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("sender", String(512), nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("rule", String(100), nullable=False),
+    Column("verdicts", Text, nullable=False),  # JSON
+    Column("reason", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Index("ix_quarantine_created", "created"),
 )

@@ -1,0 +1,1 @@
+"""Scan modules, one per file: antivirus, antispam, content, phishing, auth."""

@@ -1,0 +1,1 @@
+"""The scanning pipeline: checks run after DATA and before the reply; rules decide."""

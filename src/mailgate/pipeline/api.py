@@ -1,0 +1,93 @@
+"""What a scan module is: the shared vocabulary of the pipeline (no I/O here).
+
+"Checks report; config decides": a check returns a verdict (and details) and never decides
+what happens to the message; the rule that applies maps each module's verdict to an action.
+A check must not raise for trouble with its engine or the message: it returns Verdict.ERROR
+with the reason, and the rule's error action applies (tempfail by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
+
+from mailgate.types import ClientInfo, Envelope
+
+if TYPE_CHECKING:
+    from mailgate.config.protection import Protection
+    from mailgate.pipeline.message import ParsedMessage
+
+
+class Verdict(StrEnum):
+    CLEAN = "clean"
+    INFECTED = "infected"  # antivirus
+    SPAM = "spam"  # antispam
+    PROBABLE_SPAM = "probable_spam"
+    PHISHING = "phishing"  # phishing
+    BLOCKED_ATTACHMENT = "blocked_attachment"  # content
+    CONTENT_MATCH = "content_match"
+    DMARC_REJECT = "dmarc_reject"  # auth
+    DMARC_QUARANTINE = "dmarc_quarantine"
+    SPF_FAIL = "spf_fail"
+    ERROR = "error"  # any module: engine unavailable, timed out, bad answer, unreadable message
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one module found in one message."""
+
+    module: str  # antivirus | antispam | phishing | content | auth
+    verdict: Verdict
+    detail: str = ""  # virus name, score and symbols, matched pattern, reason of an error
+    headers: tuple[
+        tuple[str, str], ...
+    ] = ()  # headers the module adds, e.g. Authentication-Results
+    parts: tuple[int, ...] = ()  # MIME parts that triggered it (for delete_attachment)
+    score: float | None = None
+
+    @property
+    def positive(self) -> bool:
+        return self.verdict not in (Verdict.CLEAN, Verdict.ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class RealClient:
+    """The client that handed the message to the border gateway (or the connection itself)."""
+
+    ip: str
+    helo: str
+    name: str = "unknown"
+    source: str = "connection"  # connection | xforward | xclient | received
+
+
+@dataclass
+class ScanContext:
+    """Everything a check may look at. The content is the message as received (CRLF lines),
+    without mailgate's own Received header."""
+
+    envelope: Envelope
+    content: bytes
+    client: ClientInfo
+    real_client: RealClient
+    hostname: str
+    protection: Protection
+    _parse_limits: tuple[int, int] = field(default=(1000, 30))
+
+    @cached_property
+    def message(self) -> ParsedMessage:
+        """The MIME structure, parsed once for every check (bounded: see pipeline.message)."""
+        from mailgate.pipeline.message import ParsedMessage
+
+        return ParsedMessage.parse(self.content, max_parts=self._parse_limits[0],
+                                   max_depth=self._parse_limits[1])  # fmt: skip
+
+
+class Check(Protocol):
+    """A scan module. `scan` must return (never raise) within its own deadline; the pipeline
+    also enforces one."""
+
+    module: str
+
+    async def scan(self, ctx: ScanContext) -> CheckResult: ...
