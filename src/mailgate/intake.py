@@ -113,7 +113,9 @@ class Intake:
                         log.info("%s: recipients of rule %s queued as %s", envelope.qid,
                                  group.rule.name, qid)  # fmt: skip
                 elif group.action is Action.QUARANTINE:
-                    await loop.run_in_executor(self._executor, self._keep, part, content,
+                    # The original is kept (our Received header only); verdicts go beside it.
+                    original = replace(part, prepend=envelope.prepend, extra=envelope.extra)
+                    await loop.run_in_executor(self._executor, self._keep, original, content,
                                                decision, group)  # fmt: skip
                     actions.append("quarantined")
                 elif group.action is Action.DELETE:

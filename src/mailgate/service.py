@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from mailgate.quarantine import Quarantine
 from mailgate.queue.delivery import Deliverer, Outcome
 from mailgate.queue.manager import QueueManager
 from mailgate.queue.scheduler import Scheduler
-from mailgate.queue.spool import Spool
+from mailgate.queue.spool import Spool, new_queue_id
 from mailgate.smtp.server import SmtpServer
 from mailgate.store.db import make_engine
 from mailgate.store.migrate import ensure_schema
@@ -211,7 +211,9 @@ class Gateway:
 
     def _checks(self) -> dict[str, Check]:
         """The scan modules; each runs when Protection enables it and a rule scans."""
-        return {}
+        from mailgate.checks.clamav import ClamavCheck
+
+        return {"antivirus": ClamavCheck()}
 
     def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
         self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,
@@ -279,11 +281,15 @@ class Gateway:
         async def stats(_: dict[str, Any]) -> Any:
             return self.counters.snapshot()
 
+        async def quarantine_release(request: dict[str, Any]) -> Any:
+            return await self.release_from_quarantine(str(request["qid"]))
+
         return {
             "verify.show": verify_show,
             "verify.test": verify_test,
             "verify.flush": verify_flush,
             "stats": stats,
+            "quarantine.release": quarantine_release,
             "ping": ping,
             "reload": reload,
             "queue.list": queue_list,
@@ -293,6 +299,20 @@ class Gateway:
             "queue.release": one(queue.release),
             "queue.delete": one(queue.delete),
         }
+
+    async def release_from_quarantine(self, kept_id: str) -> str:
+        """Deliver a quarantined message to its original recipients, unscanned."""
+        loop = asyncio.get_running_loop()
+        kept = await loop.run_in_executor(self.executor, self.quarantine.get, kept_id)
+        # The kept file holds the message as it would have gone out, trace headers included.
+        envelope = replace(kept.envelope, qid=new_queue_id(), prepend="")
+        await self.scheduler.enqueue(envelope, kept.content)
+        await loop.run_in_executor(self.executor, self.quarantine.delete, kept_id)
+        detail = f"released from quarantine as {envelope.qid}"
+        for recipient in envelope.recipients:
+            self.tracking.delivery(kept.envelope.qid, recipient.address, "released", detail=detail)
+        log.info("%s: released from quarantine %s as %s", kept.envelope.qid, kept_id, envelope.qid)
+        return f"{kept_id}: released, queued as {envelope.qid}"
 
     async def stop(self) -> None:
         for task in self._tasks:

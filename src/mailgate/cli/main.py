@@ -9,7 +9,10 @@ import click
 from mailgate.cli.common import Context
 from mailgate.cli.config import config
 from mailgate.cli.domain import domain
+from mailgate.cli.log import log_
+from mailgate.cli.quarantine import quarantine_
 from mailgate.cli.queue import queue
+from mailgate.cli.rules import rules
 from mailgate.cli.run import run, status
 from mailgate.cli.settings import settings
 from mailgate.cli.verify import stats, verify
@@ -39,7 +42,8 @@ def cli(ctx: click.Context, data_dir: str | None, store: str | None) -> None:
     ctx.obj = Context(Path(data_dir) if data_dir else default_data_dir(), store)
 
 
-for command in (run, status, domain, settings, config, queue, verify, stats):
+for command in (run, status, domain, settings, rules, config, queue, quarantine_, log_, verify,
+                stats):  # fmt: skip
     cli.add_command(command)
 
 

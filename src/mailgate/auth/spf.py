@@ -1,0 +1,481 @@
+"""SPF (RFC 7208): is the client allowed to send mail for the MAIL FROM (or HELO) domain?
+
+The evaluation itself is pyspf's (`spf.query`); mailgate only feeds it DNS. pyspf is blocking
+code, so `check_spf` runs it in a worker thread and answers each of its DNS questions from the
+event loop through an `AsyncSpfDns` (`LoopBridge`), so SPF uses mailgate's resolver, its
+nameservers and deadlines, never pyspf's own DNS client.
+
+How the DNS is swapped without touching concurrent evaluations: pyspf asks DNS in exactly one
+place, `query.dns()`, through the module-level function `spf.DNSLookup`. `_install_hook` puts a
+dispatcher there once; it reads the lookup function of the evaluation in progress from a context
+variable that `_Query.dns()` (our `spf.query` subclass) sets around each call and resets after,
+so every evaluation, in whatever thread, answers from its own DNS. Code calling pyspf directly
+(no context variable set) still gets pyspf's own lookup. pyspf's own logic stays intact: its
+per-evaluation cache, CNAME following, the 10-lookup and 2-void-lookup limits (RFC 7208 §4.6.4).
+
+Results are those of RFC 7208 §2.6: pass, fail, softfail, neutral, none, permerror, temperror.
+
+Security notes: every name and record comes from the sender's DNS: pyspf bounds the work
+(lookups, void lookups, CNAME chains) and `time_limit` bounds the elapsed time. Explanations
+(`exp=`) are sender-controlled text; never put them into a header unsanitised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import ipaddress
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from mailgate.dns import (
+    DnsError,
+    DnsNotFound,
+    DnsTempError,
+    NullMx,
+    Resolver,
+    ascii_name,
+    parse_nameserver,
+)
+
+with warnings.catch_warnings():
+    # pyspf 2.0.14's docstrings hold invalid escape sequences, which Python reports when it
+    # compiles the module (DeprecationWarning, SyntaxWarning from 3.12): not our concern.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", SyntaxWarning)
+    import spf  # type: ignore[import-untyped]
+
+__all__ = [
+    "AsyncSpfDns",
+    "DnsPythonRecords",
+    "LoopBridge",
+    "ResolverSpfDns",
+    "SpfDns",
+    "SpfRecord",
+    "SpfResult",
+    "SpfResultCode",
+    "check_spf",
+    "evaluate_spf",
+    "run_with_loop_dns",
+]
+
+log = logging.getLogger(__name__)
+
+SpfResultCode = Literal["pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"]
+_RESULTS: frozenset[str] = frozenset(
+    {"pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"}
+)
+
+# RFC 7208 §4.6.4: a limit on the elapsed time of one evaluation SHOULD allow at least 20 s.
+DEFAULT_TIME_LIMIT = 20.0
+_EDNS_PAYLOAD = 1232
+_RTYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"})
+
+# SPF and DKIM evaluations block a thread while they wait for DNS; they get their own pool so
+# that a burst of slow lookups cannot starve the loop's default executor (used for fsync etc.).
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(
+    max_workers=16, thread_name_prefix="mailgate-auth"
+)
+
+T = TypeVar("T")
+
+SpfValue = str | tuple[int, str] | tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpfRecord:
+    """One resource record as pyspf wants it.
+
+    `value` by type: A and AAAA, the address as text; MX, (preference, exchange); PTR and
+    CNAME, the target name; TXT and SPF, the record's character-strings as bytes, not yet
+    joined (RFC 7208 §3.3: pyspf joins them without spaces).
+    """
+
+    name: str
+    rtype: str
+    value: SpfValue
+
+
+class SpfDns(Protocol):
+    """Synchronous DNS for one SPF evaluation (what pyspf runs on, in a worker thread).
+
+    `lookup` returns the records of `rtype` at `name`, CNAMEs included or already followed;
+    [] when the name exists without such records. It raises `mailgate.dns.DnsNotFound` for
+    NXDOMAIN (both count as void lookups, RFC 7208 §4.6.4) and `mailgate.dns.DnsTempError`
+    for SERVFAIL or a timeout (the result becomes temperror, RFC 7208 §4.4).
+    """
+
+    def lookup(self, name: str, rtype: str) -> list[SpfRecord]: ...
+
+
+class AsyncSpfDns(Protocol):
+    """The same contract as `SpfDns`, as a coroutine on the event loop."""
+
+    async def lookup(self, name: str, rtype: str) -> list[SpfRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    """The outcome of one check_host() (RFC 7208 §2.6 result, §6.2 explanation).
+
+    `identity` is "mailfrom", or "helo" when MAIL FROM was null and the HELO name was checked
+    as postmaster@HELO (RFC 7208 §2.4); `domain` is the domain whose policy was evaluated,
+    `sender` the identity as checked.
+    """
+
+    result: SpfResultCode
+    explanation: str
+    domain: str
+    identity: Literal["mailfrom", "helo"]
+    sender: str
+    ip: str
+    helo: str
+    mechanism: str = ""
+
+    @property
+    def authenticated_domain(self) -> str | None:
+        """The SPF-authenticated domain for DMARC (RFC 7489 §3.1.2), when SPF passed."""
+        return self.domain if self.result == "pass" and self.domain else None
+
+
+# -- pyspf's DNS hook ------------------------------------------------------------------------
+
+_PyspfAnswer = list[tuple[tuple[str, str], Any]]
+_current_lookup: contextvars.ContextVar[Callable[[str, str], _PyspfAnswer] | None] = (
+    contextvars.ContextVar("mailgate_spf_lookup", default=None)
+)
+_hook_lock = threading.Lock()
+_fallback_lookup: Callable[..., Any] | None = None
+
+
+def _dispatch(name: str, qtype: str, strict: Any = True, timeout: Any = None) -> Any:
+    """Installed as `spf.DNSLookup`: the current evaluation's DNS, else pyspf's own."""
+    lookup = _current_lookup.get()
+    if lookup is not None:
+        return lookup(name, qtype)
+    if _fallback_lookup is None:  # pragma: no cover - _install_hook sets it first
+        raise spf.TempError("DNS: no lookup function")
+    return _fallback_lookup(name, qtype, strict, timeout)
+
+
+def _install_hook() -> None:
+    """Put `_dispatch` in pyspf's module (again, if someone replaced it since)."""
+    global _fallback_lookup
+    with _hook_lock:
+        if spf.DNSLookup is not _dispatch:
+            _fallback_lookup = spf.DNSLookup
+            spf.DNSLookup = _dispatch
+
+
+def _pyspf_value(record: SpfRecord) -> Any:
+    if record.rtype in ("TXT", "SPF"):
+        strings = record.value
+        if not isinstance(strings, tuple) or not all(isinstance(s, bytes) for s in strings):
+            raise TypeError(f"{record.rtype} value must be a tuple of bytes: {strings!r}")
+        # pyspf indexes the first string; a record without strings is an empty record.
+        return strings or (b"",)
+    if record.rtype == "MX":
+        return record.value
+    return str(record.value)
+
+
+class _Query(spf.query):  # type: ignore[misc]
+    """`spf.query` whose DNS questions go to one `SpfDns`, whatever other threads do."""
+
+    def __init__(self, dns: SpfDns, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._spf_dns = dns
+
+    def _lookup(self, name: str, qtype: str) -> _PyspfAnswer:
+        try:
+            records = self._spf_dns.lookup(name, qtype)
+        except DnsNotFound:
+            return []  # NXDOMAIN: a void lookup (RFC 7208 §4.6.4), pyspf counts it
+        except DnsTempError as exc:
+            # RFC 7208 §4.4: SERVFAIL or timeout: check_host() ends with temperror.
+            raise spf.TempError(f"DNS {exc.reason}: {name} {qtype}") from exc
+        except DnsError as exc:
+            raise spf.TempError(f"DNS {exc.reason}: {name} {qtype}") from exc
+        return [((r.name, r.rtype), _pyspf_value(r)) for r in records]
+
+    def dns(self, name: Any, qtype: str, cnames: Any = None, ignore_void: bool = False) -> Any:
+        token = _current_lookup.set(self._lookup)
+        try:
+            return super().dns(name, qtype, cnames=cnames, ignore_void=ignore_void)
+        finally:
+            _current_lookup.reset(token)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+def _valid_ip(ip: str) -> bool:
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
+
+
+def evaluate_spf(
+    ip: str,
+    helo: str,
+    sender: str,
+    dns: SpfDns,
+    *,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    default_explanation: str | None = None,
+) -> SpfResult:
+    """check_host() for (ip, MAIL FROM `sender`, HELO `helo`), blocking; see `check_spf`."""
+    _install_hook()
+    helo = helo.strip()
+    sender = sender.strip()
+    if not sender:
+        # RFC 7208 §2.4: with a null reverse-path the MAIL FROM identity is postmaster@HELO.
+        identity: Literal["mailfrom", "helo"] = "helo"
+        checked = f"postmaster@{helo}" if helo else ""
+    else:
+        identity, checked = "mailfrom", sender
+    domain = checked.rpartition("@")[2] if "@" in checked else checked
+
+    def outcome(code: SpfResultCode, explanation: str, mechanism: str = "") -> SpfResult:
+        return SpfResult(code, explanation, domain, identity, checked, ip, helo, mechanism)
+
+    if not _valid_ip(ip):
+        return outcome("none", f"client address {ip!r} is not an IP address")
+    try:
+        query = _Query(
+            dns, i=ip, s=sender, h=helo, strict=True, timeout=time_limit, querytime=time_limit
+        )
+        if default_explanation is not None:
+            # RFC 7208 §6.2: the default explanation is the receiver's choice.
+            query.set_default_explanation(default_explanation)
+        code, _smtp_code, explanation = query.check()
+        domain = str(query.o or domain)
+    except Exception as exc:
+        # pyspf raises only for what it does not anticipate; report it, do not crash the check.
+        log.warning("SPF evaluation of %s from %s failed: %r", checked, ip, exc)
+        return outcome("temperror", f"SPF evaluation failed: {exc}")
+    if code not in _RESULTS:  # "ambiguous" exists only in pyspf's harsh mode (strict=2)
+        code = "permerror"
+    mechanism = query.mechanism if isinstance(query.mechanism, str) else ""
+    return outcome(code, str(explanation or ""), mechanism)
+
+
+class LoopBridge:
+    """`SpfDns` for a worker thread: each lookup runs as a coroutine on the event loop.
+
+    All lookups of one check share one deadline; after it, or once the check is abandoned
+    (its task cancelled), lookups fail at once with a temporary error.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._loop = loop
+        self._deadline = deadline
+        self._abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+
+    def call(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        if self._abandoned.is_set():
+            raise DnsTempError(what, "check abandoned")
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise DnsTempError(what, "time limit of the check exceeded")
+        coro = make()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError as exc:  # the loop has closed
+            coro.close()
+            raise DnsTempError(what, "event loop closed") from exc
+        try:
+            return future.result(remaining)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise DnsTempError(what, "time limit of the check exceeded") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise DnsTempError(what, "lookup cancelled") from exc
+
+
+class _SyncSpfDns:
+    def __init__(self, dns: AsyncSpfDns, bridge: LoopBridge) -> None:
+        self._dns = dns
+        self._bridge = bridge
+
+    def lookup(self, name: str, rtype: str) -> list[SpfRecord]:
+        return self._bridge.call(f"{name} {rtype}", lambda: self._dns.lookup(name, rtype))
+
+
+async def run_with_loop_dns(func: Callable[[LoopBridge], T], *, time_limit: float) -> T:
+    """Run blocking `func(bridge)` in the auth worker pool; `bridge.call` awaits on this loop.
+
+    Shared by SPF and DKIM, whose libraries are synchronous. Cancelling the caller abandons
+    the worker: its next lookup fails at once, so the thread is soon free again.
+    """
+    loop = asyncio.get_running_loop()
+    bridge = LoopBridge(loop, time.monotonic() + time_limit)
+    context = contextvars.copy_context()
+    future = loop.run_in_executor(_EXECUTOR, context.run, func, bridge)
+    try:
+        return await future
+    finally:
+        bridge.abandon()
+
+
+async def check_spf(
+    ip: str,
+    helo: str,
+    sender: str,
+    dns: AsyncSpfDns,
+    *,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    default_explanation: str | None = None,
+) -> SpfResult:
+    """check_host() (RFC 7208 §4) for a client `ip` that said HELO `helo` and MAIL FROM
+    `sender` ("" for the null reverse-path: the HELO identity is checked, RFC 7208 §2.4).
+
+    Never raises for DNS trouble: temporary failures, and the elapsed-time limit `time_limit`
+    (RFC 7208 §4.6.4), give temperror.
+    """
+
+    def run(bridge: LoopBridge) -> SpfResult:
+        return evaluate_spf(
+            ip,
+            helo,
+            sender,
+            _SyncSpfDns(dns, bridge),
+            time_limit=time_limit,
+            default_explanation=default_explanation,
+        )
+
+    return await run_with_loop_dns(run, time_limit=time_limit)
+
+
+# -- mailgate's DNS for SPF -----------------------------------------------------------------
+
+
+class DnsPythonRecords:
+    """`AsyncSpfDns` on dnspython: any record type, from the given nameservers or those of
+    /etc/resolv.conf. CNAMEs are followed by the resolver; records come back under the
+    queried name. Errors are those of `mailgate.dns`."""
+
+    def __init__(self, nameservers: list[str] | None = None, timeout: float = 5.0) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(address, port)
+                for address, port in map(parse_nameserver, nameservers)
+            ]
+        else:
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration as exc:
+                raise DnsError("/etc/resolv.conf", f"no usable nameserver: {exc}") from exc
+        self._resolver.lifetime = timeout
+        self._resolver.use_edns(0, 0, _EDNS_PAYLOAD)
+
+    async def lookup(self, name: str, rtype: str) -> list[SpfRecord]:
+        rtype = rtype.upper()
+        if rtype not in _RTYPES:
+            raise ValueError(f"unsupported record type {rtype!r}")
+        try:
+            labels = [label.encode("ascii") for label in ascii_name(name).split(".")]
+            qname = dns.name.Name([*labels, b""])
+        except (ValueError, dns.exception.DNSException) as exc:
+            raise DnsNotFound(name, f"invalid name: {exc}") from exc
+        try:
+            answer = await self._resolver.resolve(
+                qname, dns.rdatatype.from_text(rtype), raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            raise DnsNotFound(name, "no such domain (NXDOMAIN)") from exc
+        except dns.resolver.YXDOMAIN as exc:
+            raise DnsNotFound(name, "name too long after DNAME substitution") from exc
+        except dns.resolver.LifetimeTimeout as exc:
+            raise DnsTempError(name, "timeout") from exc
+        except dns.resolver.NoNameservers as exc:
+            raise DnsTempError(name, "no nameserver answered (SERVFAIL or refused)") from exc
+        except (dns.exception.DNSException, OSError) as exc:
+            raise DnsTempError(name, f"lookup failed: {exc}") from exc
+        owner = name.rstrip(".")
+        out: list[SpfRecord] = []
+        for rdata in answer.rrset or ():
+            value: SpfValue
+            if rtype in ("A", "AAAA"):
+                value = str(rdata.address)
+            elif rtype == "MX":
+                value = (int(rdata.preference), rdata.exchange.to_text(omit_final_dot=True))
+            elif rtype in ("TXT", "SPF"):
+                value = tuple(bytes(s) for s in rdata.strings)
+            else:  # PTR, CNAME
+                value = rdata.target.to_text(omit_final_dot=True)
+            out.append(SpfRecord(owner, rtype, value))
+        return out
+
+
+class ResolverSpfDns:
+    """mailgate's DNS for authentication: TXT, MX and PTR through `mailgate.dns.Resolver`,
+    the other types (A, AAAA, SPF, CNAME) through `records` (dnspython on the same
+    nameservers; `Resolver` has no single-family address lookup).
+
+    It is an `AsyncSpfDns`, and its `txt` (the resolver's) serves DKIM and DMARC.
+    """
+
+    def __init__(self, resolver: Resolver, records: AsyncSpfDns) -> None:
+        self._resolver = resolver
+        self._records = records
+
+    async def txt(self, name: str) -> list[str]:
+        return await self._resolver.txt(name)
+
+    async def lookup(self, name: str, rtype: str) -> list[SpfRecord]:
+        rtype = rtype.upper()
+        owner = name.rstrip(".")
+        if rtype == "TXT":
+            texts = await self._resolver.txt(name)
+            return [SpfRecord(owner, "TXT", (t.encode("utf-8"),)) for t in texts]
+        if rtype == "MX":
+            try:
+                hosts = await self._resolver.mx(name)
+            except NullMx:
+                # RFC 7505: "." is the only MX; the mx mechanism then matches nothing.
+                return [SpfRecord(owner, "MX", (0, "."))]
+            return [SpfRecord(owner, "MX", (h.preference, h.host)) for h in hosts]
+        if rtype == "PTR":
+            # pyspf asks for the reverse name; the resolver wants the address back.
+            address = _address_of_reverse_name(owner)
+            if address is None:
+                return await self._records.lookup(name, rtype)
+            return [SpfRecord(owner, "PTR", host) for host in await self._resolver.ptr(address)]
+        return await self._records.lookup(name, rtype)
+
+
+def _address_of_reverse_name(name: str) -> str | None:
+    labels = name.lower().split(".")
+    if labels[-2:] == ["in-addr", "arpa"] and len(labels) == 6:
+        try:
+            return str(ipaddress.IPv4Address(".".join(reversed(labels[:4]))))
+        except ValueError:
+            return None
+    if labels[-2:] == ["ip6", "arpa"] and len(labels) == 34:
+        nibbles = "".join(reversed(labels[:32]))
+        text = ":".join(nibbles[i : i + 4] for i in range(0, 32, 4))
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    return None
