@@ -212,8 +212,10 @@ class Gateway:
     def _checks(self) -> dict[str, Check]:
         """The scan modules; each runs when Protection enables it and a rule scans."""
         from mailgate.checks.clamav import ClamavCheck
+        from mailgate.checks.rspamd import RspamdCheck
 
-        return {"antivirus": ClamavCheck()}
+        self.rspamd = RspamdCheck()
+        return {"antivirus": ClamavCheck(), "antispam": self.rspamd}
 
     def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
         self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,
@@ -321,6 +323,7 @@ class Gateway:
             await self.server.stop()
         await self.control.stop()
         await self.verifier.close()
+        await self.rspamd.aclose()
         await self.scheduler.stop()
         self.spool.close()
         self.tracking.close()

@@ -104,7 +104,7 @@ class RspamdCheck:
         response = await self._client.send(request, stream=True)
         try:
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_REPLY_BYTES:
                     raise _ReplyTooLarge
