@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailgate.auth.spf import DnsPythonRecords, ResolverSpfDns
 from mailgate.config.model import DnsSettings
 from mailgate.config.repository import ConfigRepository
 from mailgate.config.runtime import ConfigHolder, RuntimeConfig
@@ -85,6 +86,12 @@ def make_resolver(settings: DnsSettings) -> Resolver:
     return DnsPythonResolver(list(settings.nameservers) or None, timeout=settings.timeout)
 
 
+def make_auth_dns(resolver: Resolver, settings: DnsSettings) -> ResolverSpfDns:
+    """DNS for SPF, DKIM and DMARC: the same name servers as routing."""
+    records = DnsPythonRecords(list(settings.nameservers) or None, timeout=settings.timeout)
+    return ResolverSpfDns(resolver, records)
+
+
 class Gateway:
     """One running mailgate node."""
 
@@ -108,6 +115,7 @@ class Gateway:
         self.holder = ConfigHolder(RuntimeConfig(revision.id, revision.config))
         self._dns_settings = revision.config.advanced.dns
         self.resolver = make_resolver(self._dns_settings)
+        self.auth_dns = make_auth_dns(self.resolver, self._dns_settings)
         self.spool = Spool(self.paths.spool)
         self.server: SmtpServer | None = None
         self.counters = Counters()
@@ -193,6 +201,7 @@ class Gateway:
         if revision.config.advanced.dns != self._dns_settings:
             self._dns_settings = revision.config.advanced.dns
             self.resolver = make_resolver(self._dns_settings)
+            self.auth_dns = make_auth_dns(self.resolver, self._dns_settings)
         assert self.server is not None
         try:
             await self.server.apply(runtime)
@@ -211,11 +220,16 @@ class Gateway:
 
     def _checks(self) -> dict[str, Check]:
         """The scan modules; each runs when Protection enables it and a rule scans."""
+        from mailgate.checks.auth import AuthCheck
         from mailgate.checks.clamav import ClamavCheck
         from mailgate.checks.rspamd import RspamdCheck
 
         self.rspamd = RspamdCheck()
-        return {"antivirus": ClamavCheck(), "antispam": self.rspamd}
+        return {
+            "antivirus": ClamavCheck(),
+            "antispam": self.rspamd,
+            "auth": AuthCheck(lambda: self.auth_dns),
+        }
 
     def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
         self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,

@@ -7,11 +7,12 @@ nameservers and deadlines, never pyspf's own DNS client.
 
 How the DNS is swapped without touching concurrent evaluations: pyspf asks DNS in exactly one
 place, `query.dns()`, through the module-level function `spf.DNSLookup`. `_install_hook` puts a
-dispatcher there once; it reads the lookup function of the evaluation in progress from a context
-variable that `_Query.dns()` (our `spf.query` subclass) sets around each call and resets after,
-so every evaluation, in whatever thread, answers from its own DNS. Code calling pyspf directly
-(no context variable set) still gets pyspf's own lookup. pyspf's own logic stays intact: its
-per-evaluation cache, CNAME following, the 10-lookup and 2-void-lookup limits (RFC 7208 §4.6.4).
+dispatcher there (at each evaluation, idempotently); it reads the lookup function of the
+evaluation in progress from a context variable that `_Query.dns()` (our `spf.query` subclass)
+sets around each call and resets after, so every evaluation, in whatever thread, answers from
+its own DNS. Code calling pyspf directly (no context variable set) still gets pyspf's own
+lookup. pyspf's own logic stays intact: its per-evaluation cache, CNAME following, the
+10-lookup and 2-void-lookup limits (RFC 7208 §4.6.4).
 
 Results are those of RFC 7208 §2.6: pass, fail, softfail, neutral, none, permerror, temperror.
 
@@ -204,10 +205,8 @@ class _Query(spf.query):  # type: ignore[misc]
             records = self._spf_dns.lookup(name, qtype)
         except DnsNotFound:
             return []  # NXDOMAIN: a void lookup (RFC 7208 §4.6.4), pyspf counts it
-        except DnsTempError as exc:
+        except DnsError as exc:  # DnsTempError, or anything else the DNS could not answer
             # RFC 7208 §4.4: SERVFAIL or timeout: check_host() ends with temperror.
-            raise spf.TempError(f"DNS {exc.reason}: {name} {qtype}") from exc
-        except DnsError as exc:
             raise spf.TempError(f"DNS {exc.reason}: {name} {qtype}") from exc
         return [((r.name, r.rtype), _pyspf_value(r)) for r in records]
 
@@ -276,7 +275,7 @@ def evaluate_spf(
 
 
 class LoopBridge:
-    """`SpfDns` for a worker thread: each lookup runs as a coroutine on the event loop.
+    """Lets blocking library code in a worker thread await coroutines on the event loop.
 
     All lookups of one check share one deadline; after it, or once the check is abandoned
     (its task cancelled), lookups fail at once with a temporary error.
@@ -285,23 +284,32 @@ class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         self._loop = loop
         self._deadline = deadline
-        self._abandoned = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._pending: concurrent.futures.Future[Any] | None = None
 
     def abandon(self) -> None:
-        self._abandoned.set()
+        """Fail the lookup in flight and every later one (called from the loop's thread)."""
+        with self._lock:
+            self._abandoned = True
+            if self._pending is not None:
+                self._pending.cancel()
 
     def call(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        if self._abandoned.is_set():
-            raise DnsTempError(what, "check abandoned")
+        """Run `make()` on the loop and wait for it; DnsTempError past the deadline."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise DnsTempError(what, "time limit of the check exceeded")
-        coro = make()
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError as exc:  # the loop has closed
-            coro.close()
-            raise DnsTempError(what, "event loop closed") from exc
+        with self._lock:
+            if self._abandoned:
+                raise DnsTempError(what, "check abandoned")
+            coro = make()
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            except RuntimeError as exc:  # the loop has closed
+                coro.close()
+                raise DnsTempError(what, "event loop closed") from exc
+            self._pending = future
         try:
             return future.result(remaining)
         except concurrent.futures.TimeoutError as exc:
@@ -309,6 +317,9 @@ class LoopBridge:
             raise DnsTempError(what, "time limit of the check exceeded") from exc
         except concurrent.futures.CancelledError as exc:
             raise DnsTempError(what, "lookup cancelled") from exc
+        finally:
+            with self._lock:
+                self._pending = None
 
 
 class _SyncSpfDns:
@@ -324,7 +335,8 @@ async def run_with_loop_dns(func: Callable[[LoopBridge], T], *, time_limit: floa
     """Run blocking `func(bridge)` in the auth worker pool; `bridge.call` awaits on this loop.
 
     Shared by SPF and DKIM, whose libraries are synchronous. Cancelling the caller abandons
-    the worker: its next lookup fails at once, so the thread is soon free again.
+    the worker: its lookup in flight and every later one fail at once, so the library ends
+    with a temporary error and the thread is soon free again.
     """
     loop = asyncio.get_running_loop()
     bridge = LoopBridge(loop, time.monotonic() + time_limit)

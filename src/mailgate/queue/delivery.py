@@ -26,7 +26,7 @@ from mailgate.smtp.client import (
     Transaction,
     default_status,
 )
-from mailgate.smtp.data import tag_subject
+from mailgate.smtp.data import strip_forged_auth_results, tag_subject
 from mailgate.smtp.params import xtext_encode
 from mailgate.types import Envelope, Recipient, Reply
 
@@ -193,6 +193,7 @@ class Deliverer:
         tag = envelope.extra.get("subject_tag")
         if tag:  # the stored message stays as received; the tag is applied on the way out
             content = tag_subject(content, str(tag))
+        content = strip_forged_auth_results(content, self._config().main.hostname)
         data = envelope.prepend.encode("utf-8") + content
         config = self._config()
         txn: Transaction = await client.transaction(

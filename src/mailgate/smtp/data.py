@@ -129,3 +129,34 @@ def tag_subject(content: bytes, tag: str) -> bytes:
             lines[i] = b"Subject: " + raw_tag + b" " + value
             return b"\r\n".join(lines) + body
     return b"Subject: " + raw_tag + b"\r\n" + content
+
+
+_AUTH_RESULTS = re.compile(rb"(?im)^authentication-results:")
+
+
+def strip_forged_auth_results(content: bytes, authserv_id: str) -> bytes:
+    """The message without Authentication-Results fields that claim to come from us.
+
+    RFC 8601 section 5: an MTA removes, from the messages it receives, Authentication-Results
+    fields carrying its own authserv-id, so a sender cannot forge our verdict. Only the
+    header section changes, and only when such a field is there.
+    """
+    head = header_section(content)
+    if not _AUTH_RESULTS.search(head):
+        return content
+    ours = authserv_id.lower().encode("utf-8", "replace")
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = False
+        if line[:23].lower() == b"authentication-results:":
+            value = line[23:].strip().lower()
+            if value == ours or value.startswith((ours + b";", ours + b" ", ours + b"\t")):
+                dropping = True
+                continue
+        kept.append(line)
+    return b"\r\n".join(kept) + content[len(head) :]
