@@ -70,6 +70,10 @@ class Mailgate:
                 "relayhost": {"host": SINK_HOST, "port": sink_port},
             },
             "advanced": {"delivery": {"bind_address": self.address}},
+            # The same job as the Postfix relay it is compared with: no SPF/DKIM/DMARC.
+            "protection": {
+                "external_services": {"use_spf": False, "use_dkim": False, "use_dmarc": False}
+            },
         }
         self._gateway = GatewayProcess(self.data_dir, self.config)
         self._pid: int | None = None

@@ -49,6 +49,11 @@ def gateway_config(port: int, extra: dict[str, Any] | None = None) -> dict[str, 
             "delivery": {"bind_address": GATEWAY_IP, "connect_timeout": 5},
             "limits": {"error_sleep_time": 0},
         },
+        # Authentication looks names up in DNS; tests that want it switch it on with their
+        # own name servers (nothing here may reach the internet's).
+        "protection": {
+            "external_services": {"use_spf": False, "use_dkim": False, "use_dmarc": False}
+        },
     }
     return merge(base, extra or {})
 

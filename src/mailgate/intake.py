@@ -106,7 +106,7 @@ class Intake:
                     body = content
                     if group.action is Action.DELETE_ATTACHMENT:
                         body = await self._without_attachments(decision, group, content)
-                    await self.scheduler.enqueue(part, body)
+                    await self._queue(part, body)
                     queued_as = queued_as or qid
                     actions.append("attachment removed" if body is not content else "queued")
                     if qid != envelope.qid:
@@ -141,7 +141,7 @@ class Intake:
 
     async def _enqueue(self, envelope: Envelope, content: bytes, what: str) -> Reply:
         try:
-            await self.scheduler.enqueue(envelope, content)
+            await self._queue(envelope, content)
         except NoStorage:
             log.error("%s: reject: insufficient storage for the message", envelope.qid)
             return codes.NO_STORAGE
@@ -149,12 +149,16 @@ class Intake:
             log.error("%s: reject: queue file write error: %s", envelope.qid, exc)
             return codes.QUEUE_WRITE_ERROR
         self.accepted += 1
+        return codes.queued(envelope.qid)
+
+    async def _queue(self, envelope: Envelope, content: bytes) -> None:
+        """Store durably and hand to the scheduler (raises OSError), then log it."""
+        await self.scheduler.enqueue(envelope, content)
         log.info(
             "%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], helo=<%s> (queue active)",
             envelope.qid, envelope.sender, envelope.size, len(envelope.recipients),
             envelope.client.name, envelope.client.ip, envelope.client.helo,
         )  # fmt: skip
-        return codes.queued(envelope.qid)
 
     async def _without_attachments(self, decision: Decision, group: GroupDecision,
                                    content: bytes) -> bytes:  # fmt: skip

@@ -222,12 +222,16 @@ class Gateway:
         """The scan modules; each runs when Protection enables it and a rule scans."""
         from mailgate.checks.auth import AuthCheck
         from mailgate.checks.clamav import ClamavCheck
+        from mailgate.checks.content import ContentCheck
+        from mailgate.checks.phishing import PhishingCheck
         from mailgate.checks.rspamd import RspamdCheck
 
         self.rspamd = RspamdCheck()
         return {
             "antivirus": ClamavCheck(),
             "antispam": self.rspamd,
+            "content": ContentCheck(),
+            "phishing": PhishingCheck(),
             "auth": AuthCheck(lambda: self.auth_dns),
         }
 
