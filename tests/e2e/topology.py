@@ -59,8 +59,10 @@ class Topology:
             return client.sendmail(sender, recipients, body)
 
 
-def build(data_dir: Path, *, verify: bool) -> Iterator[Topology]:
-    """Start the whole topology; with `verify`, the border and mailgate verify recipients."""
+def build(data_dir: Path, *, verify: bool, auth: bool = False) -> Iterator[Topology]:
+    """Start the whole topology; with `verify`, the border and mailgate verify recipients;
+    with `auth`, the border forwards the real client (XFORWARD) and mailgate, trusting it as
+    its upstream gateway, checks SPF, DKIM and DMARC on that client."""
     zone = DnsZone()
     dns = DnsServer(zone, host="127.0.0.53")
     dns.start()
@@ -70,6 +72,7 @@ def build(data_dir: Path, *, verify: bool) -> Iterator[Topology]:
     border = border_gateway(
         BORDER_IP, free_port(BORDER_IP), ["example.com"], f"[{GATEWAY_IP}]:{gw_port}",
         f"[{INTERNET_IP}]:{internet.port}", [f"{GATEWAY_IP}/32"], verify_recipients=verify,
+        params={"smtp_send_xforward_command": "yes"} if auth else None,
     )  # fmt: skip
     internal = internal_server(
         INTERNAL_IP, free_port(INTERNAL_IP), "example.com", ["bob", "carol"],
@@ -93,6 +96,10 @@ def build(data_dir: Path, *, verify: bool) -> Iterator[Topology]:
             "dns": {"nameservers": [dns.address], "timeout": 2},
             "queue": {"minimal_backoff_time": 300, "maximal_backoff_time": 300},
             "verification": {"mode": "reject_unverified" if verify else "off"},
+        },
+        "protection": {
+            "upstream_gateways": [f"{BORDER_IP}/32"] if auth else [],
+            "external_services": {"use_spf": auth, "use_dkim": auth, "use_dmarc": auth},
         },
     })  # fmt: skip
     gateway = Gateway(data_dir, config)
