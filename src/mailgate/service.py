@@ -11,12 +11,16 @@ import asyncio
 import fcntl
 import logging
 import os
+import secrets
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailgate.admin.accounts import Accounts
+from mailgate.admin.service import Admin
+from mailgate.api.app import create_app
 from mailgate.auth.spf import DnsPythonRecords, ResolverSpfDns
 from mailgate.config.model import DnsSettings
 from mailgate.config.repository import ConfigRepository
@@ -42,6 +46,7 @@ from mailgate.verify.cache import VerifyStore
 from mailgate.verify.domains import DomainChecker
 from mailgate.verify.probe import Prober
 from mailgate.verify.service import Verifier, cache_key, entry_json, parse_address
+from mailgate.web.server import WebServer
 
 log = logging.getLogger("mailgate.master")
 
@@ -165,6 +170,11 @@ class Gateway:
         await self.server.start()
         self.control = ControlServer(self.paths.control_socket, self._control_handlers())
         await self.control.start()
+        self.admin = Admin(self)
+        self.first_login = await loop.run_in_executor(self.executor, first_administrator,
+                                                      self.admin.accounts)  # fmt: skip
+        self.web = WebServer(create_app(self.admin))
+        await self.web.start(self.holder.current.config)
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         log.info(
@@ -337,6 +347,7 @@ class Gateway:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.web.stop()
         if self.server is not None:
             await self.server.stop()
         await self.control.stop()
@@ -360,6 +371,18 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stopping.wait()
+
+
+def first_administrator(accounts: Accounts) -> tuple[str, str] | None:
+    """On a store without accounts, create the administrator with a random password; return
+    (name, password) to show once. There is no default password."""
+    if accounts.count():
+        return None
+    password = secrets.token_urlsafe(15)
+    accounts.create("admin", password, "administrator")
+    log.warning("created the administrator account 'admin'; its password is shown once at "
+                "start-up (mailgate user passwd admin changes it)")  # fmt: skip
+    return "admin", password
 
 
 def _safe_url(url: str) -> str:

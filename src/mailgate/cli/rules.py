@@ -10,21 +10,9 @@ import click
 import yaml
 
 from mailgate.cli.common import Context, fail, parse_assignments
+from mailgate.config import service as edits
 from mailgate.config.model import ConfigError
 from mailgate.config.protection import Action
-
-_MODULES = ("antivirus", "antispam", "phishing", "content", "auth")
-
-
-def _find(data: dict[str, Any], name: str) -> dict[str, Any]:
-    if name.lower() == "default":
-        rule: dict[str, Any] = data["default_rule"]
-        return rule
-    rule_list: list[dict[str, Any]] = data["rules"]
-    for rule in rule_list:
-        if rule["name"] == name:
-            return rule
-    raise ConfigError([f"rules: no rule named {name!r}"])
 
 
 @click.group()
@@ -56,7 +44,7 @@ def show(ctx: Context, name: str) -> None:
     """One rule with every module's actions (NAME "default" for the default rule)."""
     data = ctx.config_service().current().config.model_dump(mode="json")
     try:
-        click.echo(yaml.safe_dump(_find(data, name), sort_keys=False).rstrip())
+        click.echo(yaml.safe_dump(edits.find_rule(data, name), sort_keys=False).rstrip())
     except ConfigError as exc:
         fail(exc.errors[0], 2)
 
@@ -78,13 +66,7 @@ def add(ctx: Context, name: str, senders: tuple[str, ...], recipients: tuple[str
         "client_networks": list(networks), "mode": mode,
     }  # fmt: skip
 
-    def edit(data: dict[str, Any]) -> None:
-        if any(r["name"] == name for r in data["rules"]):
-            raise ConfigError([f"rules: {name!r} already exists"])
-        at = len(data["rules"]) if position is None else max(0, position - 1)
-        data["rules"].insert(at, record)
-
-    ctx.change(edit, f"add rule {name}")
+    ctx.change(edits.add_rule(record, position), f"add rule {name}")
 
 
 @rules.command("set")
@@ -95,17 +77,7 @@ def set_(ctx: Context, name: str, assignments: tuple[str, ...]) -> None:
     """Change a rule: KEY=VALUE, e.g. antivirus.infected=delete mode=skip enabled=false
     senders='[*@example.com]'."""
     changes = parse_assignments(assignments)
-
-    def edit(data: dict[str, Any]) -> None:
-        rule = _find(data, name)
-        for key, value in changes.items():
-            section, _, field = key.rpartition(".")
-            target = rule[section] if section else rule
-            if (section and section not in _MODULES) or field not in target:
-                raise ConfigError([f"rules.{name}.{key}: no such setting"])
-            target[field] = value
-
-    ctx.change(edit, f"change rule {name}: {', '.join(changes)}")
+    ctx.change(edits.update_rule(name, changes), f"change rule {name}: {', '.join(changes)}")
 
 
 @rules.command()
@@ -114,13 +86,7 @@ def set_(ctx: Context, name: str, assignments: tuple[str, ...]) -> None:
 def remove(ctx: Context, name: str) -> None:
     """Remove a rule (the default rule stays)."""
 
-    def edit(data: dict[str, Any]) -> None:
-        kept = [r for r in data["rules"] if r["name"] != name]
-        if len(kept) == len(data["rules"]):
-            raise ConfigError([f"rules: no rule named {name!r}"])
-        data["rules"] = kept
-
-    ctx.change(edit, f"remove rule {name}")
+    ctx.change(edits.remove_rule(name), f"remove rule {name}")
 
 
 @rules.command()
@@ -130,14 +96,7 @@ def remove(ctx: Context, name: str) -> None:
 def move(ctx: Context, name: str, position: int) -> None:
     """Move a rule to POSITION (1 = tried first)."""
 
-    def edit(data: dict[str, Any]) -> None:
-        rule = _find(data, name)
-        if rule is data["default_rule"]:
-            raise ConfigError(["rules: the default rule is always last"])
-        data["rules"].remove(rule)
-        data["rules"].insert(max(0, position - 1), rule)
-
-    ctx.change(edit, f"move rule {name} to {position}")
+    ctx.change(edits.move_rule(name, position), f"move rule {name} to {position}")
 
 
 @rules.command("replace-action")
@@ -147,20 +106,9 @@ def move(ctx: Context, name: str, position: int) -> None:
 def replace_action(ctx: Context, old: str, new: str) -> None:
     """Replace action OLD by NEW for every module of every rule, the default rule included
     (behind a border gateway: `mailgate rules replace-action reject delete`)."""
-    count = 0
-
-    def edit(data: dict[str, Any]) -> None:
-        nonlocal count
-        count = 0
-        for rule in [*data["rules"], data["default_rule"]]:
-            for module in _MODULES:
-                for verdict, action in rule[module].items():
-                    if action == old:
-                        rule[module][verdict] = new
-                        count += 1
-            if old == "reject" and new == "delete" and rule["mode"] == "reject":
-                rule["mode"] = "delete"
-                count += 1
-
-    ctx.change(edit, f"replace action {old} by {new} in every rule")
+    counter = [0]
+    ctx.change(
+        edits.replace_action(old, new, counter), f"replace action {old} by {new} in every rule"
+    )
+    count = counter[0]
     click.echo(f"{count} action(s) changed")

@@ -43,11 +43,20 @@ async def _serve(ctx: Context) -> None:
         raise
     assert gateway.server is not None
     addresses = ", ".join(f"{h}:{p}" for h, p in sorted(gateway.server.bound_addresses()))
+    scheme = "https" if gateway.holder.current.config.advanced.web.cert_file else "http"
+    web = ", ".join(f"{scheme}://{u}/" for u in gateway.web.urls) or "off"
     click.echo(
-        f"mailgate is running. SMTP on {addresses}. Data in {ctx.data_dir}. "
-        "Stop with Ctrl-C or SIGTERM.",
+        f"mailgate is running. SMTP on {addresses}. Web interface and API: {web}. "
+        f"Data in {ctx.data_dir}. Stop with Ctrl-C or SIGTERM.",
         err=True,
     )
+    if gateway.first_login is not None:
+        name, password = gateway.first_login
+        click.echo(
+            f"First start: log in as {name!r} with the password {password} "
+            f"(shown once; change it with: mailgate user passwd {name}).",
+            err=True,
+        )
     sys.stderr.flush()
     try:
         await gateway.serve_forever()

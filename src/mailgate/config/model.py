@@ -234,6 +234,13 @@ class MainSettings(_Section):
         default_factory=lambda: ["127.0.0.1:2525"],
         description='Addresses the SMTP server listens on, as "ip:port" or "[ipv6]:port".',
     )
+    web_listen: list[ListenAddress] = Field(
+        default_factory=lambda: ["127.0.0.1:8025"],
+        description=(
+            "Addresses of the web interface and REST API (HTTPS when advanced.web has a "
+            "certificate). Empty: no web interface on this node."
+        ),
+    )
 
     @model_validator(mode="after")
     def _relayhost_when_border(self) -> MainSettings:
@@ -492,8 +499,26 @@ class RecipientVerification(_Section):
         return "" if self.probe_sender == "<>" else self.probe_sender
 
 
+class WebSettings(_Section):
+    """The web interface and REST API."""
+
+    cert_file: str | None = Field(None, description="PEM certificate chain: serve HTTPS.")
+    key_file: str | None = Field(None, description="PEM private key for the certificate.")
+    session_hours: float = Field(
+        12, gt=0, le=24 * 30, description="A login session lasts this long without use (hours)."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> WebSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class AdvancedSettings(_Section):
     """Settings → Built-in MTA → Advanced settings."""
+
+    web: WebSettings = Field(default_factory=WebSettings, description="Web interface and REST API.")
 
     verification: RecipientVerification = Field(
         default_factory=RecipientVerification,

@@ -141,3 +141,89 @@ def _canonical_domain(name: str) -> str:
 
 def _same_domain(record: dict[str, Any], canonical: str) -> bool:
     return bool(record.get("name") == canonical)
+
+
+# Rules. "default" names the default rule where a rule is looked up.
+RULE_MODULES = ("antivirus", "antispam", "phishing", "content", "auth")
+
+
+def find_rule(data: dict[str, Any], name: str) -> dict[str, Any]:
+    if name.lower() == "default":
+        rule: dict[str, Any] = data["default_rule"]
+        return rule
+    rule_list: list[dict[str, Any]] = data["rules"]
+    for rule in rule_list:
+        if rule["name"] == name:
+            return rule
+    raise ConfigError([f"rules: no rule named {name!r}"])
+
+
+def add_rule(record: dict[str, Any], position: int | None = None) -> Edit:
+    """Insert a rule (1-based position; default: last, before the default rule)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        if any(r["name"] == record.get("name") for r in data["rules"]):
+            raise ConfigError([f"rules: {record.get('name')!r} already exists"])
+        at = len(data["rules"]) if position is None else max(0, position - 1)
+        data["rules"].insert(at, record)
+
+    return edit
+
+
+def update_rule(name: str, changes: dict[str, Any]) -> Edit:
+    """Change a rule's fields; "module.verdict" keys set a module's action."""
+
+    def edit(data: dict[str, Any]) -> None:
+        rule = find_rule(data, name)
+        for key, value in changes.items():
+            section, _, field = key.rpartition(".")
+            target = rule[section] if section in RULE_MODULES else rule
+            if (section and section not in RULE_MODULES) or field not in target:
+                raise ConfigError([f"rules.{name}.{key}: no such setting"])
+            target[field] = value
+
+    return edit
+
+
+def remove_rule(name: str) -> Edit:
+    def edit(data: dict[str, Any]) -> None:
+        kept = [r for r in data["rules"] if r["name"] != name]
+        if len(kept) == len(data["rules"]):
+            raise ConfigError([f"rules: no rule named {name!r}"])
+        data["rules"] = kept
+
+    return edit
+
+
+def move_rule(name: str, position: int) -> Edit:
+    """Move a rule to a 1-based position (1 = tried first); the default rule stays last."""
+
+    def edit(data: dict[str, Any]) -> None:
+        rule = find_rule(data, name)
+        if rule is data["default_rule"]:
+            raise ConfigError(["rules: the default rule is always last"])
+        data["rules"].remove(rule)
+        data["rules"].insert(max(0, position - 1), rule)
+
+    return edit
+
+
+def replace_action(old: str, new: str, counter: list[int] | None = None) -> Edit:
+    """Replace action `old` by `new` for every module of every rule, the default included
+    (and rule mode reject by delete for reject -> delete: the seed's step 5)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        count = 0
+        for rule in [*data["rules"], data["default_rule"]]:
+            for module in RULE_MODULES:
+                for verdict, action in rule[module].items():
+                    if action == old:
+                        rule[module][verdict] = new
+                        count += 1
+            if old == "reject" and new == "delete" and rule["mode"] == "reject":
+                rule["mode"] = "delete"
+                count += 1
+        if counter is not None:
+            counter[:] = [count]
+
+    return edit

@@ -1,0 +1,1 @@
+"""The web interface: server-rendered pages over the same services as the API."""
