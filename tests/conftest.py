@@ -43,7 +43,11 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def gateway_config(port: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A gateway on 127.0.0.20:port with short retry times; `extra` is merged in."""
     base: dict[str, Any] = {
-        "main": {"hostname": "mailgate.test", "smtp_listen": [f"{GATEWAY_IP}:{port}"]},
+        "main": {
+            "hostname": "mailgate.test",
+            "smtp_listen": [f"{GATEWAY_IP}:{port}"],
+            "web_listen": [],  # tests that want it ask for it: start_gateway(web=True)
+        },
         "advanced": {
             "queue": {"minimal_backoff_time": 1, "maximal_backoff_time": 2},
             "delivery": {"bind_address": GATEWAY_IP, "connect_timeout": 5},
@@ -73,14 +77,32 @@ class Gateway(GatewayThread):
         result: list[dict[str, Any]] = self.control("queue.list")
         return result
 
+    @property
+    def web_url(self) -> str:
+        """Base URL of the web interface and API (start with web=True)."""
+        assert self.gateway is not None
+        assert self.gateway.web.addresses, "started without web: start_gateway(web=True)"
+        host, port = self.gateway.web.addresses[0]
+        return f"http://{host}:{port}"
+
+    @property
+    def admin_login(self) -> tuple[str, str]:
+        """The administrator created at first start, and its one-time password."""
+        assert self.gateway is not None
+        assert self.gateway.first_login is not None
+        return self.gateway.first_login
+
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def start(extra: dict[str, Any] | None = None, name: str = "gw") -> Gateway:
+    def start(extra: dict[str, Any] | None = None, name: str = "gw", web: bool = False) -> Gateway:
         port = free_port(GATEWAY_IP)
-        gateway = Gateway(tmp_path / name, gateway_config(port, extra))
+        config = gateway_config(port, extra)
+        if web:  # the web interface and API on their own port of the gateway's address
+            config["main"]["web_listen"] = [f"{GATEWAY_IP}:{free_port(GATEWAY_IP)}"]
+        gateway = Gateway(tmp_path / name, config)
         gateway.port = port
         gateway.start()
         started.append(gateway)
