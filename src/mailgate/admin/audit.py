@@ -49,6 +49,12 @@ def diff(before: Any, after: Any, path: str = "") -> list[dict[str, Any]]:
             sub = f"{path}.{key}" if path else str(key)
             changes += diff(before.get(key), after.get(key), sub)
         return changes
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        # Same length: element by element, so one changed rule field shows as that field.
+        out: list[dict[str, Any]] = []
+        for index, (old, new) in enumerate(zip(before, after, strict=True)):
+            out += diff(old, new, f"{path}[{index}]")
+        return out
     if before != after:
         return [{"field": path or "config", "before": before, "after": after}]
     return []
