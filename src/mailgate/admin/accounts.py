@@ -223,7 +223,8 @@ class Accounts:
 
     # -- API tokens ------------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str) -> str:
+    def create_token(self, username: str, name: str) -> tuple[int, str]:
+        """A new token for `username`: its id and its secret (only the hash is stored)."""
         account = self.get(username)
         if account is None:
             raise AccountError(f"username: {username} does not exist")
@@ -231,11 +232,14 @@ class Accounts:
             raise AccountError("name: 1-100 characters")
         token = "mgt_" + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
-            conn.execute(api_tokens.insert().values(
+            inserted = conn.execute(api_tokens.insert().values(
                 account_id=account.id, name=name.strip(), token_hash=_digest(token),
                 created=time.time(), last_used=None,
             ))  # fmt: skip
-        return token
+            key = inserted.inserted_primary_key
+            assert key is not None  # an INSERT of one row always has it
+            token_id = int(key[0])
+        return token_id, token
 
     def tokens(self, username: str | None = None) -> list[dict[str, object]]:
         query = select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.created,

@@ -6,8 +6,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from mailgate.api.auth import COOKIE, Reader
+from mailgate.api.routes.common import ERRORS, api_route
 
-router = APIRouter(tags=["session"])
+router = APIRouter(tags=["session"], route_class=api_route(), responses=ERRORS)
 
 
 class Login(BaseModel):
