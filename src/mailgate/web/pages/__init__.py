@@ -1,7 +1,23 @@
-"""The web interface's pages, one module per section of the navigation."""
+"""The web interface's pages, one module per section of the navigation (the seed's names):
+log in, dashboard, Settings → Built-in MTA (domains, main and advanced settings), Settings →
+General → Protection, rules, queue, message log, quarantine, accounts and the audit log."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from mailgate.web.pages import (
+    accounts,
+    dashboard,
+    domains,
+    log,
+    login,
+    quarantine,
+    queue,
+    rules,
+    settings,
+)
+
 router = APIRouter(include_in_schema=False)
+for module in (login, dashboard, domains, settings, rules, queue, log, quarantine, accounts):
+    router.include_router(module.router)
