@@ -27,7 +27,7 @@ from mailgate.config.repository import ConfigRepository
 from mailgate.config.runtime import ConfigHolder, RuntimeConfig
 from mailgate.config.service import ConfigService
 from mailgate.control import ControlServer
-from mailgate.dns import DnsPythonResolver, Resolver
+from mailgate.dns import DnsPythonResolver
 from mailgate.intake import Intake
 from mailgate.metrics import Counters
 from mailgate.pipeline.api import Check
@@ -87,14 +87,17 @@ class Paths:
         )
 
 
-def make_resolver(settings: DnsSettings) -> Resolver:
-    return DnsPythonResolver(list(settings.nameservers) or None, timeout=settings.timeout)
+def make_resolver(settings: DnsSettings) -> DnsPythonResolver:
+    return DnsPythonResolver(
+        list(settings.nameservers) or None,
+        timeout=settings.timeout,
+        cache_size=settings.cache_size,
+    )
 
 
-def make_auth_dns(resolver: Resolver, settings: DnsSettings) -> ResolverSpfDns:
-    """DNS for SPF, DKIM and DMARC: the same name servers as routing."""
-    records = DnsPythonRecords(list(settings.nameservers) or None, timeout=settings.timeout)
-    return ResolverSpfDns(resolver, records)
+def make_auth_dns(resolver: DnsPythonResolver) -> ResolverSpfDns:
+    """DNS for SPF, DKIM and DMARC: routing's resolver, name servers and cache."""
+    return ResolverSpfDns(resolver, DnsPythonRecords(resolver))
 
 
 class Gateway:
@@ -120,7 +123,7 @@ class Gateway:
         self.holder = ConfigHolder(RuntimeConfig(revision.id, revision.config))
         self._dns_settings = revision.config.advanced.dns
         self.resolver = make_resolver(self._dns_settings)
-        self.auth_dns = make_auth_dns(self.resolver, self._dns_settings)
+        self.auth_dns = make_auth_dns(self.resolver)
         self.spool = Spool(self.paths.spool)
         self.server: SmtpServer | None = None
         self.counters = Counters()
@@ -211,7 +214,7 @@ class Gateway:
         if revision.config.advanced.dns != self._dns_settings:
             self._dns_settings = revision.config.advanced.dns
             self.resolver = make_resolver(self._dns_settings)
-            self.auth_dns = make_auth_dns(self.resolver, self._dns_settings)
+            self.auth_dns = make_auth_dns(self.resolver)
         assert self.server is not None
         try:
             await self.server.apply(runtime)

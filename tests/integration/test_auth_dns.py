@@ -100,7 +100,7 @@ def auth_dns(server: DnsServer) -> ResolverSpfDns:
 
 def _auth_dns(server: DnsServer) -> ResolverSpfDns:
     resolver = DnsPythonResolver([server.address], timeout=LOOKUP_TIMEOUT)
-    records = DnsPythonRecords([server.address], timeout=LOOKUP_TIMEOUT)
+    records = DnsPythonRecords(resolver)
     return ResolverSpfDns(resolver, records)
 
 

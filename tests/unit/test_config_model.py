@@ -250,6 +250,9 @@ def test_bad_nameserver(nameserver: str) -> None:
         ),
         ({"advanced": {"delivery": {"bind_address": "eth0"}}}, "advanced.delivery.bind_address: "),
         ({"advanced": {"dns": {"timeout": 0}}}, "advanced.dns.timeout: "),
+        ({"advanced": {"dns": {"timeout": float("inf")}}}, "advanced.dns.timeout: "),
+        ({"advanced": {"dns": {"cache_size": -1}}}, "advanced.dns.cache_size: "),
+        ({"protection": {"scan_timeout": float("nan")}}, "protection.scan_timeout: "),
     ],
 )
 def test_bad_numbers_and_addresses(data: Any, prefix: str) -> None:

@@ -341,3 +341,21 @@ def test_parse_nameserver_accepts(text: str, expected: tuple[str, int]) -> None:
 def test_parse_nameserver_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="nameserver"):
         parse_nameserver(text)
+
+
+def test_cache_answers_within_ttl_without_asking_again(zone: DnsZone, server: DnsServer) -> None:
+    zone.add("cached.example", "TXT", "v=spf1 -all", ttl=300)
+    zone.add("short.example", "TXT", "v=spf1 ~all", ttl=0)
+    resolver = DnsPythonResolver([server.address], timeout=2.0, cache_size=100)
+    uncached = DnsPythonResolver([server.address], timeout=2.0)
+
+    async def twice(r: DnsPythonResolver, name: str) -> list[list[str]]:
+        return [await r.txt(name), await r.txt(name)]
+
+    assert asyncio.run(twice(resolver, "cached.example")) == [["v=spf1 -all"]] * 2
+    assert server.queries["cached.example", "TXT"] == 1
+    # A TTL of 0 is not cached; a resolver without a cache always asks.
+    assert asyncio.run(twice(resolver, "short.example")) == [["v=spf1 ~all"]] * 2
+    assert server.queries["short.example", "TXT"] == 2
+    asyncio.run(twice(uncached, "cached.example"))
+    assert server.queries["cached.example", "TXT"] == 3

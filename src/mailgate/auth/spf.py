@@ -35,21 +35,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
 import dns.rdatatype
-import dns.resolver
 
 from mailgate.dns import (
     DnsError,
     DnsNotFound,
+    DnsPythonResolver,
     DnsTempError,
     NullMx,
     Resolver,
-    ascii_name,
-    parse_nameserver,
 )
 
 with warnings.catch_warnings():
@@ -82,7 +76,6 @@ _RESULTS: frozenset[str] = frozenset(
 
 # RFC 7208 §4.6.4: a limit on the elapsed time of one evaluation SHOULD allow at least 20 s.
 DEFAULT_TIME_LIMIT = 20.0
-_EDNS_PAYLOAD = 1232
 _RTYPES = frozenset({"A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME"})
 
 # SPF and DKIM evaluations block a thread while they wait for DNS; they get their own pool so
@@ -381,48 +374,18 @@ async def check_spf(
 
 
 class DnsPythonRecords:
-    """`AsyncSpfDns` on dnspython: any record type, from the given nameservers or those of
-    /etc/resolv.conf. CNAMEs are followed by the resolver; records come back under the
-    queried name. Errors are those of `mailgate.dns`."""
+    """`AsyncSpfDns` on a `DnsPythonResolver` (its name servers and cache): any record type.
+    CNAMEs are followed by the resolver; records come back under the queried name. Errors are
+    those of `mailgate.dns`."""
 
-    def __init__(self, nameservers: list[str] | None = None, timeout: float = 5.0) -> None:
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(address, port)
-                for address, port in map(parse_nameserver, nameservers)
-            ]
-        else:
-            try:
-                self._resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise DnsError("/etc/resolv.conf", f"no usable nameserver: {exc}") from exc
-        self._resolver.lifetime = timeout
-        self._resolver.use_edns(0, 0, _EDNS_PAYLOAD)
+    def __init__(self, resolver: DnsPythonResolver) -> None:
+        self._resolver = resolver
 
     async def lookup(self, name: str, rtype: str) -> list[SpfRecord]:
         rtype = rtype.upper()
         if rtype not in _RTYPES:
             raise ValueError(f"unsupported record type {rtype!r}")
-        try:
-            labels = [label.encode("ascii") for label in ascii_name(name).split(".")]
-            qname = dns.name.Name([*labels, b""])
-        except (ValueError, dns.exception.DNSException) as exc:
-            raise DnsNotFound(name, f"invalid name: {exc}") from exc
-        try:
-            answer = await self._resolver.resolve(
-                qname, dns.rdatatype.from_text(rtype), raise_on_no_answer=False
-            )
-        except dns.resolver.NXDOMAIN as exc:
-            raise DnsNotFound(name, "no such domain (NXDOMAIN)") from exc
-        except dns.resolver.YXDOMAIN as exc:
-            raise DnsNotFound(name, "name too long after DNAME substitution") from exc
-        except dns.resolver.LifetimeTimeout as exc:
-            raise DnsTempError(name, "timeout") from exc
-        except dns.resolver.NoNameservers as exc:
-            raise DnsTempError(name, "no nameserver answered (SERVFAIL or refused)") from exc
-        except (dns.exception.DNSException, OSError) as exc:
-            raise DnsTempError(name, f"lookup failed: {exc}") from exc
+        answer = await self._resolver.query(name, dns.rdatatype.from_text(rtype))
         owner = name.rstrip(".")
         out: list[SpfRecord] = []
         for rdata in answer.rrset or ():

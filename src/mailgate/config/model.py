@@ -121,7 +121,9 @@ Seconds = Annotated[float, Field(ge=0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=False, allow_inf_nan=False
+    )
 
 
 class NextHop(_Section):
@@ -238,7 +240,8 @@ class MainSettings(_Section):
         default_factory=lambda: ["127.0.0.1:8025"],
         description=(
             "Addresses of the web interface and REST API (HTTPS when advanced.web has a "
-            "certificate). Empty: no web interface on this node."
+            "certificate). Empty: no web interface on this node. Applied when mailgate "
+            "restarts."
         ),
     )
 
@@ -402,13 +405,20 @@ class TlsSettings(_Section):
 
 
 class DnsSettings(_Section):
-    """The DNS resolver used for MX routing."""
+    """The DNS resolver: MX routing, SPF, DKIM and DMARC."""
 
     nameservers: list[Nameserver] = Field(
         default_factory=list,
         description='Name servers as "ip" or "ip:port"; empty: /etc/resolv.conf.',
     )
     timeout: Seconds = Field(5, gt=0, description="Deadline of one DNS query (seconds).")
+    cache_size: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Answers kept in memory for their TTL, negative ones included; 0: none, "
+        "every lookup asks the name servers.",
+    )
 
 
 class RecipientVerification(_Section):
@@ -502,7 +512,9 @@ class RecipientVerification(_Section):
 class WebSettings(_Section):
     """The web interface and REST API."""
 
-    cert_file: str | None = Field(None, description="PEM certificate chain: serve HTTPS.")
+    cert_file: str | None = Field(
+        None, description="PEM certificate chain: serve HTTPS (applied when mailgate restarts)."
+    )
     key_file: str | None = Field(None, description="PEM private key for the certificate.")
     session_hours: float = Field(
         12, gt=0, le=24 * 30, description="A login session lasts this long without use (hours)."

@@ -237,7 +237,9 @@ async def probe_once(config: Any, address: str, store: VerifyStore | None) -> En
 
     runtime = RuntimeConfig(0, config)
     dns = config.advanced.dns
-    resolver = DnsPythonResolver(list(dns.nameservers) or None, timeout=dns.timeout)
+    resolver = DnsPythonResolver(
+        list(dns.nameservers) or None, timeout=dns.timeout, cache_size=dns.cache_size
+    )
     deliverer = Deliverer(lambda: resolver, lambda: config, set)
     counters = Counters()
     with ThreadPoolExecutor(2) as executor:
