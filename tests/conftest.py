@@ -81,8 +81,10 @@ class Gateway(GatewayThread):
     def web_url(self) -> str:
         """Base URL of the web interface and API (start with web=True)."""
         assert self.gateway is not None
-        assert self.gateway.web.addresses, "started without web: start_gateway(web=True)"
-        host, port = self.gateway.web.addresses[0]
+        web = self.gateway.web
+        assert web is not None, "started without web: start_gateway(web=True)"
+        assert web.addresses, "the web interface listens nowhere"
+        host, port = web.addresses[0]
         return f"http://{host}:{port}"
 
     @property

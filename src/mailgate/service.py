@@ -16,11 +16,10 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.admin.accounts import Accounts
 from mailgate.admin.service import Admin
-from mailgate.api.app import create_app
 from mailgate.auth.spf import DnsPythonRecords, ResolverSpfDns
 from mailgate.config.model import DnsSettings
 from mailgate.config.repository import ConfigRepository
@@ -46,7 +45,9 @@ from mailgate.verify.cache import VerifyStore
 from mailgate.verify.domains import DomainChecker
 from mailgate.verify.probe import Prober
 from mailgate.verify.service import Verifier, cache_key, entry_json, parse_address
-from mailgate.web.server import WebServer
+
+if TYPE_CHECKING:
+    from mailgate.web.server import WebServer
 
 log = logging.getLogger("mailgate.master")
 
@@ -110,6 +111,7 @@ class Gateway:
         self._stopping = asyncio.Event()
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.web: WebServer | None = None
 
     async def start(self) -> None:
         self.paths.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -176,14 +178,25 @@ class Gateway:
         self.admin = Admin(self)
         self.first_login = await loop.run_in_executor(self.executor, first_administrator,
                                                       self.admin.accounts)  # fmt: skip
-        self.web = WebServer(create_app(self.admin))
-        await self.web.start(self.holder.current.config)
+        await self._start_web()
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         log.info(
             "mailgate started: configuration revision %d, store %s, spool %s",
             revision.id, _safe_url(self.store_url), self.paths.spool,
         )  # fmt: skip
+
+    async def _start_web(self) -> None:
+        """The web interface and REST API, when main.web_listen has addresses. Imported only
+        then: FastAPI and uvicorn cost a node without them some 9 MiB."""
+        config = self.holder.current.config
+        if not config.main.web_listen:
+            return
+        from mailgate.api.app import create_app
+        from mailgate.web.server import WebServer
+
+        self.web = WebServer(create_app(self.admin))
+        await self.web.start(config)
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -350,7 +363,8 @@ class Gateway:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.web.stop()
+        if self.web is not None:
+            await self.web.stop()
         if self.server is not None:
             await self.server.stop()
         await self.control.stop()

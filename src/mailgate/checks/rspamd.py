@@ -24,13 +24,14 @@ import asyncio
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from mailgate.config.protection import AntispamSettings
 from mailgate.dns import ascii_name
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ACTION_VERDICTS", "MAX_REPLY_BYTES", "RspamdCheck"]
 
@@ -70,6 +71,8 @@ class RspamdCheck:
             await client.aclose()
 
     async def scan(self, ctx: ScanContext) -> CheckResult:
+        import httpx  # here, not at the top: a node without Anti-Spam does without its memory
+
         settings = ctx.protection.antispam
         endpoint = f"{settings.url.rstrip('/')}/checkv2"
         try:
@@ -89,6 +92,8 @@ class RspamdCheck:
         return _interpret(endpoint, status, body, settings)
 
     async def _post(self, endpoint: str, ctx: ScanContext, step: float) -> tuple[int, bytes]:
+        import httpx
+
         if self._client is None:
             # trust_env=False: HTTP(S)_PROXY set for outbound traffic must not divert the scanner.
             self._client = httpx.AsyncClient(

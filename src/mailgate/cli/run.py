@@ -44,7 +44,8 @@ async def _serve(ctx: Context) -> None:
     assert gateway.server is not None
     addresses = ", ".join(f"{h}:{p}" for h, p in sorted(gateway.server.bound_addresses()))
     scheme = "https" if gateway.holder.current.config.advanced.web.cert_file else "http"
-    web = ", ".join(f"{scheme}://{u}/" for u in gateway.web.urls) or "off"
+    urls = gateway.web.urls if gateway.web is not None else []
+    web = ", ".join(f"{scheme}://{u}/" for u in urls) or "off"
     click.echo(
         f"mailgate is running. SMTP on {addresses}. Web interface and API: {web}. "
         f"Data in {ctx.data_dir}. Stop with Ctrl-C or SIGTERM.",
