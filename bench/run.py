@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -368,6 +368,12 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+# What a caller of run_one may add to a run: called after the warm-up, just before the
+# measurement starts, with the running system; the function it returns is called once the
+# measurement ends (before the system stops) and its answer is added to the run's record.
+Probe = Callable[[SystemUnderTest], Callable[[], dict[str, Any]]]
+
+
 def run_one(
     arguments: argparse.Namespace,
     session_dir: Path,
@@ -375,8 +381,16 @@ def run_one(
     scenario: Scenario,
     system_name: str,
     stack: contextlib.ExitStack,
+    *,
+    factory: Callable[[str, Path, int], SystemUnderTest] = make_system,
+    probe: Probe | None = None,
+    profiled: str = "mailgate",
 ) -> dict[str, Any]:
-    """One system, one scenario: start everything, measure, stop everything."""
+    """One system, one scenario: start everything, measure, stop everything.
+
+    ``factory`` makes the system from its name (default: :func:`make_system`), ``probe`` adds
+    measurements of the caller's own (see :data:`Probe`), ``profiled`` names the system that
+    ``--profile`` records."""
     # Short: Postfix's socket paths under this directory must fit in sun_path (108 bytes).
     run_dir = session_dir / f"{number:02d}-{system_name}"
     run_dir.mkdir(mode=0o755)
@@ -391,7 +405,7 @@ def run_one(
     control = SinkControl(run_dir / "sink.ctl")
 
     fingerprint = source_fingerprint(mailgate_source())
-    system: SystemUnderTest = make_system(system_name, run_dir, sink_port)
+    system: SystemUnderTest = factory(system_name, run_dir, sink_port)
     stack.callback(system.stop, arguments.keep)
     system.start()
 
@@ -430,12 +444,13 @@ def run_one(
         raise TimeoutError(f"warm-up: {warm_accepted} accepted, not all relayed in time")
 
     profiler: Profiler | None = None
-    if arguments.profile and system_name == "mailgate":
+    if arguments.profile and system_name == profiled:
         name = f"profile-{session_dir.name}-{run_dir.name}-{scenario.size}-{concurrency}.txt"
         profiler = Profiler(system.roots()[0], RESULTS_DIR / name)
         stack.callback(profiler.stop)
     sampler = PssSampler(system.roots, arguments.pss_interval).start()
     stack.callback(sampler.stop)
+    probed = probe(system) if probe is not None else None
     cpu_before = tree_cpu_seconds(system.roots())
     sink_cpu_before = tree_cpu_seconds([sink.pid])
     for child, _ in children:
@@ -448,6 +463,7 @@ def run_one(
     drained = control.wait(tag, accepted, arguments.drain_timeout)
     cpu = tree_cpu_seconds(system.roots()) - cpu_before
     sink_cpu = tree_cpu_seconds([sink.pid]) - sink_cpu_before
+    extra = probed() if probed is not None else {}
     memory = sampler.stop()
     profile = profiler.stop() if profiler is not None else None
     ids, times, foreign = control.arrivals(run_dir / "arrivals.json")
@@ -487,6 +503,7 @@ def run_one(
     }
     if profile is not None:
         run["profile"] = profile
+    run.update(extra)
     return run
 
 

@@ -57,8 +57,10 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,7 +69,7 @@ from types import FrameType
 from typing import Any
 
 from bench.loadgen import Connection, ConnectionLost, SmtpClient
-from bench.memory import tree_cpu_seconds
+from bench.memory import descendants, tree_cpu_seconds
 from bench.proc import Child, new_event_loop
 from bench.report import percentile
 from bench.run import (
@@ -248,6 +250,27 @@ def make_plan(arguments: argparse.Namespace) -> Plan:
 
 
 # The systems under test
+
+
+def wait_for_smtp(host: str, port: int, timeout: float = _START_TIMEOUT) -> None:
+    """Wait until ``host:port`` greets with 220 (a system may answer its control socket
+    before its SMTP listener is up); raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(
+                (host, port), timeout=10, source_address=(CLIENT_ADDRESS, 0)
+            ) as probe:
+                greeting = probe.recv(512)
+                if greeting.startswith(b"220"):
+                    probe.sendall(b"QUIT\r\n")
+                    probe.recv(512)
+                    return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no SMTP greeting from {host}:{port} within {timeout:g}s")
+        time.sleep(_POLL)
 
 
 def quiesce(roots: list[int], window: float = 0.5, timeout: float = _SETTLE_TIMEOUT) -> bool:
@@ -692,13 +715,16 @@ def _endless(prefix: str) -> Iterator[str]:
 
 class CpuMeter:
     """CPU seconds used during a measured phase by the system (its process tree), the sink,
-    this process (the client) and everything else on the machine (``other``: whatever else
-    ran meanwhile; near 0 in a clean run): on 2 cores, who saturated?"""
+    this process (the client), other user-space processes (``other``: a test suite or another
+    benchmark that ran meanwhile; near 0 in a clean run) and the rest (``kernel``: kernel
+    threads and interrupts, e.g. file system work on Postfix's queue files): who saturated
+    the 2 cores?"""
 
     def __init__(self, roots: Callable[[], list[int]], sink_pid: int) -> None:
         self._roots = roots
         self._sink_pid = sink_pid
         self._start = (0.0, 0.0, 0.0, 0.0, 0.0)
+        self._foreign: dict[tuple[int, int], float] = {}
 
     def _now(self) -> tuple[float, float, float, float, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -710,20 +736,52 @@ class CpuMeter:
             machine_busy_seconds(),
         )
 
+    def _mine(self) -> set[int]:
+        return descendants([os.getpid(), *self._roots()])
+
     def start(self) -> None:
+        self._foreign = foreign_cpu_seconds(self._mine())
         self._start = self._now()
 
     def stop(self) -> dict[str, float]:
         wall, system, sink, client, machine = (
             end - begin for end, begin in zip(self._now(), self._start, strict=True)
         )
+        foreign = foreign_cpu_seconds(self._mine())
+        other = sum(
+            seconds - self._foreign.get(key, 0.0)
+            for key, seconds in foreign.items()
+            if seconds >= self._foreign.get(key, 0.0)
+        )
         return {
             "wall_seconds": round(wall, 2),
             "system": round(system, 2),
             "sink": round(sink, 2),
             "client": round(client, 2),
-            "other": round(max(0.0, machine - system - sink - client), 2),
+            "other": round(other, 2),
+            "kernel": round(max(0.0, machine - system - sink - client - other), 2),
         }
+
+
+def foreign_cpu_seconds(mine: set[int]) -> dict[tuple[int, int], float]:
+    """(pid, start time) -> CPU seconds so far, its reaped children's included, of every
+    user-space process not in ``mine`` (kernel threads left out)."""
+    found: dict[tuple[int, int], float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in mine:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rfind(b")") + 2 :].split()
+        if name == "2" or fields[1] == b"2":  # kthreadd and the kernel threads
+            continue
+        # Fields 14-17 and 22 of proc(5) (utime, stime, cutime, cstime; starttime).
+        ticks = sum(int(value) for value in fields[11:15])
+        found[(int(name), int(fields[19]))] = ticks / _TICKS
+    return found
 
 
 def machine_busy_seconds() -> float:
@@ -809,8 +867,9 @@ def run_one(
     system = make_system(system_name, run_dir, sink_port, verify, process_limit)
     stack.callback(system.stop, arguments.keep)
     system.start()
-    system.settle()
     host, port = system.address, system.port
+    wait_for_smtp(host, port)
+    system.settle()
     tag = f"v{number}"
     meter = CpuMeter(system.roots, sink.pid)
     result: dict[str, Any] = {}
@@ -901,7 +960,7 @@ def _cores(cpu: dict[str, float] | None) -> str:
     if not cpu or not cpu.get("wall_seconds"):
         return "-"
     wall = cpu["wall_seconds"]
-    names = ("system", "sink", "client", "other")
+    names = ("system", "sink", "client", "other", "kernel")
     return " / ".join(f"{cpu.get(name, math.nan) / wall:.2f}" for name in names)
 
 
@@ -1058,7 +1117,7 @@ def markdown(
         out.append("\n### 3. Verification throughput (one RCPT at a time per connection)\n")
         out.append(
             "| system | addresses | connections | seconds | RCPTs | 250/s | replies | "
-            "p50 / p99 (ms) | probes at sink | cores: system / sink / client / other |"
+            "p50 / p99 (ms) | probes at sink | cores: system / sink / client / other / kernel |"
         )
         out.append("|---|---|---:|---:|---:|---:|---|---|---:|---|")
         throughputs.sort(key=lambda run: (run["kind"], run["concurrency"], order[run["system"]]))
@@ -1191,6 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
                             "kind": measurement.name,
                             "concurrency": measurement.concurrency,
                             "error": f"{type(error).__name__}: {error}",
+                            "traceback": traceback.format_exc(limit=-6),
                         }
                     run["repeat"] = round_
                     run["attempt"] = attempt

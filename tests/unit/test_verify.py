@@ -4,6 +4,7 @@ no clobbering of a valid positive entry) and the Verifier with a fake prober and
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,6 +157,37 @@ def test_one_probe_for_many_concurrent_requests_of_one_address(tmp_path: Path) -
         assert all(r[0].status == "ok" for r in results)
         assert len(prober.calls) == 1
         assert counters.get("verify.shared_probes") == 999
+
+    asyncio.run(body())
+
+
+def test_a_probe_that_ends_during_a_store_read_is_not_repeated(tmp_path: Path) -> None:
+    # Two RCPTs for one address both miss the memory layer and read the store; one read is
+    # slow and returns the row as it was before the other's probe wrote it. The slow one must
+    # take the probe's result from memory, not probe again.
+    verifier, prober, _, _ = make(tmp_path, store=True)
+    assert verifier.store is not None
+    real_get, lock, gate, reads = verifier.store.get, threading.Lock(), threading.Event(), [0]
+
+    def get(key: str) -> Entry | None:
+        with lock:
+            reads[0] += 1
+            slow = reads[0] == 2
+        if slow:
+            assert gate.wait(10)
+            return None
+        return real_get(key)
+
+    verifier.store.get = get  # type: ignore[method-assign]
+
+    async def body() -> None:
+        bob = [mailbox("bob@example.com")]
+        tasks = [asyncio.create_task(verifier.verify(bob)) for _ in range(2)]
+        await until(lambda: verifier.memory.get("bob@example.com") is not None)
+        gate.set()
+        verdicts = [result[0] for result in await asyncio.gather(*tasks)]
+        assert sorted((v.status, v.cached) for v in verdicts) == [("ok", False), ("ok", True)]
+        assert len(prober.calls) == 1
 
     asyncio.run(body())
 

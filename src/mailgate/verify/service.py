@@ -83,6 +83,9 @@ class Verifier:
             entry = self.memory.get(key)
             if entry is None and self.store is not None and key not in self._inflight:
                 entry = await self._load(key)
+                # A probe for this address may have ended while the store was read: its
+                # result is in memory, and it is newer than what the store gave.
+                entry = self.memory.get(key) or entry
             now = self._clock()
             state = freshness(entry, now, settings) if entry else Freshness.EXPIRED
             if entry is not None and state is not Freshness.EXPIRED:
@@ -127,7 +130,7 @@ class Verifier:
         except Exception:  # the shared store may be unreachable; probing still works
             log.exception("cannot read the verification cache")
             return None
-        if entry is not None:
+        if entry is not None and self.memory.get(key) is None:
             self.memory.put(entry)
         return entry
 

@@ -1,0 +1,955 @@
+"""What scanning costs: mailgate with all five protection modules on against its core path, same
+load, same run, with the scan engines local.
+
+    uv run python -m bench.protection                 # 2 KB and 100 KB x 10 and 50 connections
+    uv run python -m bench.protection --quick         # smoke test: 2 KB, 2 connections, 50 msgs
+    uv run --with py-spy python -m bench.protection --profile --systems all --concurrency 10
+                                                       # where the pipeline's time goes
+
+Systems (``--systems``, default all three):
+
+* ``core``: mailgate as :class:`bench.systems.Mailgate` configures it: every module off
+  (``protection.external_services`` all false), i.e. the relay path without scanning;
+* ``all``: the same with all five modules on: Anti-Virus (a private clamd with the EICAR
+  signature only), Anti-Spam (a private, offline Rspamd), Content Filtering and Anti-Phishing
+  (in-process), Mail Authentication (SPF, DKIM, DMARC, with real DNS lookups to a local DNS
+  server that publishes SPF and DMARC records for the load's sender domain, so every message
+  passes SPF from 127.0.0.100 and DMARC by SPF alignment);
+* ``postfix``: Postfix relaying the same load, for reference.
+
+Every system gets the same load (message, size, connections); the number of messages is sized
+for runs of about 10-20 s each: :mod:`bench.run`'s counts for ``core`` and ``postfix``, fewer
+for ``all``, which is several times slower (``--messages`` sets one count for all).
+
+The engines (clamd, Rspamd, the DNS server on 127.0.0.53) are started once, before the first
+run, and stopped at the end. Each run is :func:`bench.run.run_one`'s (sink, system, load
+generator, warm-up, measured messages, drain, PSS sampling); this module adds, for the
+measurement window: the mailgate counters ``scan.MODULE.VERDICT`` (control socket ``stats``),
+the CPU time of the engines' process trees and of the DNS server's thread, the DNS queries, and
+for ``all`` the message log's verdicts of every measured message. A run of ``all`` in which a
+module did not scan every message as clean, or in which a message was not delivered, fails the
+benchmark (exit status 1), its measurements kept.
+
+Overhead (:data:`OVERHEAD_METHOD`): CPU ms per message of the mailgate process (all its
+threads) with all modules minus the same without scanning, in the same scenario. clamd and
+Rspamd are processes of their own, so the time spent inside them is excluded by construction;
+what mailgate spends talking to them (requests, replies, parsing) is included, which is its
+pipeline's own cost. The project's target: under 1 ms per message.
+
+Markdown goes to stdout, everything (machine, engines, configurations, runs, checks) to a JSON
+file under ``bench/results/``. Everything started is stopped and removed at the end, also on
+Ctrl-C or an error (``--keep`` keeps the data directories and engine logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.loadgen import SENDER
+from bench.memory import PssSampler, tree_cpu_seconds
+from bench.run import (
+    DEFAULT_MESSAGES,
+    DEFAULT_MESSAGES_OTHER,
+    RESULTS_DIR,
+    Profiler,
+    Scenario,
+    _describe,
+    _finite,
+    _int_list,
+    _interrupt,
+    _progress,
+    machine_info,
+    run_one,
+    session_directory,
+)
+from bench.systems import CLIENT_ADDRESS, Mailgate, Postfix, SystemUnderTest
+from mailgate import control
+from mailgate.testing.clamd import ClamdInstance, clamd_binary
+from mailgate.testing.dns_server import DnsServer, DnsZone
+from mailgate.testing.rspamd import OFFLINE_DISABLED_MODULES, RSPAMD_BINARY, RspamdInstance
+
+SYSTEMS = ("core", "all", "postfix")
+MODULES = ("antivirus", "antispam", "content", "phishing", "auth")
+OVERHEAD_TARGET_MS = 1.0
+# Messages per all-modules run, by body size, at 10 or more connections and at fewer: ~15-20 s
+# at the rates measured on a 2-core machine (~130 msgs/s at 2 KB, ~45 at 100 KB).
+ALL_MODULES_MESSAGES = {2048: (2500, 1500), 102400: (800, 500)}
+ALL_MODULES_MESSAGES_OTHER = (600, 400)
+
+SENDER_DOMAIN = SENDER.rpartition("@")[2]
+SPF_RECORD = f"v=spf1 ip4:{CLIENT_ADDRESS} -all"
+DMARC_RECORD = "v=DMARC1; p=reject"
+# The load generator's reverse name, for Rspamd's own PTR lookup (mailgate sends no Hostname).
+CLIENT_NAME = "loadgen.bench.test"
+PHISHING_DOMAINS = ["phish.example", "secure-login-verify.example", "paypa1.example"]
+DNS_ADDRESS = "127.0.0.53"
+RSPAMD_ADDRESS = "127.0.0.60"
+
+OVERHEAD_METHOD = (
+    "overhead = CPU ms/msg of the mailgate process tree (user+system, all threads, from the "
+    "first measured message until the last accepted one reached the sink) with all five "
+    "modules on, minus the same for the core path (modules off), same scenario and load. "
+    "clamd and Rspamd are separate processes (their CPU is reported apart), so time inside "
+    "them is excluded by construction; mailgate's own work to call them is included. The DNS "
+    "server answering the authentication lookups runs in the benchmark's process, not "
+    "mailgate's."
+)
+
+_LOG_TIMEOUT = 30.0  # for the message log to record the last messages (it flushes every 0.25 s)
+_POLL = 0.1
+
+
+# Arguments
+
+
+def _systems(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"systems are {', '.join(SYSTEMS)}; got {text!r}")
+    return [name for name in SYSTEMS if name in names]
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.protection",
+        description="mailgate with all protection modules on against its core path.",
+    )
+    parser.add_argument(
+        "--sizes", type=_int_list, default=[2048, 102400], help="body sizes (default 2048,102400)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_int_list, default=[10, 50], help="connections (default 10,50)"
+    )
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help=f"messages per run, every system (default per size: core and postfix "
+        f"{DEFAULT_MESSAGES}, all {ALL_MODULES_MESSAGES})",
+    )
+    parser.add_argument(
+        "--systems",
+        type=_systems,
+        default=None,
+        help="systems: core, all, postfix (default all three; --quick: core,all)",
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up messages per run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per system and scenario")
+    parser.add_argument("--pss-interval", type=float, default=0.1, help="seconds between samples")
+    parser.add_argument("--generators", type=int, default=1, help="load generator processes")
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--run-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 2 KB, 2 connections, 50 messages"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    parser.add_argument("--output", type=Path, default=None, help="JSON result file")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the all-modules mailgate with py-spy (uv run --with py-spy ...)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.quick:
+        arguments.sizes = [2048]
+        arguments.concurrency = [2]
+        arguments.messages = arguments.messages or 50
+        arguments.warmup = 4 if arguments.warmup is None else arguments.warmup
+        arguments.systems = arguments.systems or ["core", "all"]
+    arguments.systems = arguments.systems or list(SYSTEMS)
+    if arguments.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if arguments.generators < 1:
+        parser.error("--generators must be at least 1")
+    if arguments.profile and (
+        "all" not in arguments.systems
+        or subprocess.run(["py-spy", "--version"], capture_output=True, check=False).returncode
+    ):
+        parser.error("--profile needs 'all' among --systems and py-spy (uv run --with py-spy)")
+    return arguments
+
+
+def plan(arguments: argparse.Namespace) -> list[Scenario]:
+    """The scenarios, with the core path's message count (see :func:`messages_for`)."""
+    scenarios = []
+    for size in arguments.sizes:
+        for concurrency in arguments.concurrency:
+            if arguments.messages is not None:
+                messages = arguments.messages
+            else:
+                many, few = DEFAULT_MESSAGES.get(size, DEFAULT_MESSAGES_OTHER)
+                messages = many if concurrency >= 10 else few
+            scenarios.append(Scenario(size, concurrency, max(messages, concurrency)))
+    return scenarios
+
+
+def messages_for(system: str, scenario: Scenario, arguments: argparse.Namespace) -> Scenario:
+    """The scenario as ``system`` runs it: the same load (size, connections, message), and as
+    many messages as take about 10-20 s on a 2-core machine. All modules run at a fraction of
+    the core path's rate, so they get fewer messages (:data:`ALL_MODULES_MESSAGES`) unless
+    ``--messages`` fixes the count for every system."""
+    if system != "all" or arguments.messages is not None:
+        return scenario
+    many, few = ALL_MODULES_MESSAGES.get(scenario.size, ALL_MODULES_MESSAGES_OTHER)
+    count = many if scenario.concurrency >= 10 else few
+    return dataclasses.replace(scenario, messages=max(count, scenario.concurrency))
+
+
+# The engines
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (completed.stdout.strip().splitlines() or ["unknown"])[0]
+
+
+def _thread_cpu_seconds(native_id: int | None) -> float:
+    """CPU time of one thread of this process (the DNS server's)."""
+    if native_id is None:
+        return math.nan
+    try:
+        text = Path(f"/proc/self/task/{native_id}/stat").read_bytes()
+    except OSError:
+        return math.nan
+    fields = text[text.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Engines:
+    """clamd, Rspamd and the DNS server, for the whole benchmark."""
+
+    def __init__(self, directory: Path) -> None:
+        self.zone = DnsZone()
+        self.zone.add(SENDER_DOMAIN, "TXT", SPF_RECORD)
+        self.zone.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", DMARC_RECORD)
+        self.zone.add(CLIENT_ADDRESS, "PTR", CLIENT_NAME)
+        self.zone.add(CLIENT_NAME, "A", CLIENT_ADDRESS)
+        self.dns = DnsServer(self.zone, host=DNS_ADDRESS)
+        self.clamd = ClamdInstance(directory / "clamd")  # the EICAR signature only
+        self.rspamd: RspamdInstance | None = None
+        self.directory = directory
+
+    def start(self, stack: contextlib.ExitStack) -> None:
+        stack.callback(self.dns.stop)
+        self.dns.start()
+        stack.callback(self.clamd.stop)
+        self.clamd.start()
+        # Offline configuration; the lookups left (the client's PTR) go to the DNS server.
+        self.rspamd = RspamdInstance(
+            RSPAMD_ADDRESS,
+            name="bench-rspamd",
+            base_dir=self.directory,
+            nameserver=self.dns.address,
+        )
+        stack.callback(self.rspamd.stop)
+        self.rspamd.start()
+
+    @property
+    def rspamd_url(self) -> str:
+        assert self.rspamd is not None
+        return self.rspamd.url
+
+    def pids(self) -> dict[str, int]:
+        found = {"clamd": self.clamd.pid, "rspamd": self.rspamd.pid if self.rspamd else None}
+        return {name: pid for name, pid in found.items() if pid is not None}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each engine's process tree, and of the DNS server thread."""
+        seconds = {name: tree_cpu_seconds([pid]) for name, pid in self.pids().items()}
+        thread = getattr(self.dns, "_thread", None)
+        seconds["dns"] = _thread_cpu_seconds(getattr(thread, "native_id", None))
+        return seconds
+
+    def describe(self) -> dict[str, Any]:
+        assert self.rspamd is not None
+        return {
+            "clamd": {
+                "version": _version([str(clamd_binary()), "--version"]),
+                "endpoint": self.clamd.endpoint,
+                "signatures": sorted(self.clamd.signatures),
+                "limits": self.clamd.limits,
+                "startup_seconds": self.clamd.startup_seconds,
+            },
+            "rspamd": {
+                "version": _version([str(RSPAMD_BINARY), "--version"]),
+                "url": self.rspamd.url,
+                "workers": 1,
+                "configuration": "mailgate.testing.rspamd, offline: stock rules and actions, "
+                "no Redis, modules that ask the internet disabled",
+                "disabled_modules": list(OFFLINE_DISABLED_MODULES),
+                "nameserver": self.rspamd.nameserver,
+            },
+            "dns": {
+                "address": self.dns.address,
+                "records": {
+                    SENDER_DOMAIN: ["TXT", SPF_RECORD],
+                    f"_dmarc.{SENDER_DOMAIN}": ["TXT", DMARC_RECORD],
+                    CLIENT_ADDRESS: ["PTR", CLIENT_NAME],
+                    CLIENT_NAME: ["A", CLIENT_ADDRESS],
+                },
+                "note": "runs in a thread of the benchmark's own process",
+            },
+        }
+
+
+# The systems
+
+
+class ProtectedMailgate(Mailgate):
+    """:class:`bench.systems.Mailgate` with all five modules on, using the engines."""
+
+    def __init__(self, work_dir: Path, sink_port: int, engines: Engines) -> None:
+        super().__init__(work_dir, sink_port)
+        self.config["protection"] = protection_config(engines)
+        self.config["advanced"]["dns"] = {"nameservers": [engines.dns.address]}
+        # The gateway holds the same dict and writes it to the store when it starts.
+
+    def configuration(self) -> dict[str, Any]:
+        description = super().configuration()
+        description["notes"] = (
+            "all five modules on; the default rule (no client network condition) scans "
+            "mail from the trusted load generator too; every other setting at its default"
+        )
+        return description
+
+
+def protection_config(engines: Engines) -> dict[str, Any]:
+    return {
+        "antivirus": {"enabled": True, "clamd": engines.clamd.endpoint},
+        "antispam": {"enabled": True, "url": engines.rspamd_url},
+        "content": {"enabled": True},
+        "phishing": {"enabled": True, "domains": PHISHING_DOMAINS},
+        "external_services": {"use_spf": True, "use_dkim": True, "use_dmarc": True},
+    }
+
+
+def make_factory(engines: Engines) -> Callable[[str, Path, int], SystemUnderTest]:
+    def factory(name: str, work_dir: Path, sink_port: int) -> SystemUnderTest:
+        if name == "core":
+            return Mailgate(work_dir, sink_port)
+        if name == "all":
+            return ProtectedMailgate(work_dir, sink_port, engines)
+        if name == "postfix":
+            return Postfix(work_dir, sink_port)
+        raise ValueError(f"unknown system {name!r}")
+
+    return factory
+
+
+# What each run adds to bench.run's measurements
+
+
+def _scan_counters(system: SystemUnderTest) -> dict[str, int]:
+    if not isinstance(system, Mailgate):
+        return {}
+    stats = control.call(system.data_dir / "control.sock", "stats")
+    return {name: int(value) for name, value in stats.items() if name.startswith("scan.")}
+
+
+def message_log(database: Path, since: float, expected: int) -> dict[str, Any]:
+    """What mailgate's message log says of the messages received since ``since``: per module,
+    how many were clean, and how many passed SPF and DMARC. Waits (bounded) until ``expected``
+    records are there: the log is written by a thread in batches."""
+    deadline = time.monotonic() + _LOG_TIMEOUT
+    uri = f"file:{database}?mode=ro"
+    while True:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
+            rows = connection.execute(
+                "SELECT verdicts, action FROM message_log WHERE received >= ?", (since,)
+            ).fetchall()
+        if len(rows) >= expected or time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL)
+    clean: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    spf_pass = dmarc_pass = 0
+    example: dict[str, str] = {}
+    for text, action in rows:
+        verdicts: dict[str, str] = json.loads(text)
+        example = example or verdicts
+        actions[action] += 1
+        for module, verdict in verdicts.items():
+            if verdict == "clean" or verdict.startswith("clean "):
+                clean[module] += 1
+        auth = verdicts.get("auth", "")
+        spf_pass += "spf=pass" in auth
+        dmarc_pass += "dmarc=pass" in auth
+    return {
+        "records": len(rows),
+        "clean": {module: clean[module] for module in MODULES},
+        "spf_pass": spf_pass,
+        "dmarc_pass": dmarc_pass,
+        "actions": dict(actions),
+        "example_verdicts": example,
+    }
+
+
+class Probe:
+    """The probe for :func:`bench.run.run_one` (see :data:`bench.run.Probe`): counters, engine
+    CPU and memory, DNS queries and the message log over the measurement window."""
+
+    def __init__(self, engines: Engines, arguments: argparse.Namespace) -> None:
+        self.engines = engines
+        self.interval = arguments.pss_interval
+        self._samplers: list[PssSampler] = []
+
+    def close(self) -> None:
+        """Stop what a run that failed midway left running."""
+        while self._samplers:
+            self._samplers.pop().stop()
+
+    def __call__(self, system: SystemUnderTest) -> Callable[[], dict[str, Any]]:
+        engines = self.engines
+        counters_before = _scan_counters(system)
+        queries_before = engines.dns.queries.snapshot()
+        cpu_before = engines.cpu()
+        sampler = PssSampler(lambda: list(engines.pids().values()), self.interval)
+        self._samplers.append(sampler.start())
+        since = time.time()
+
+        def after() -> dict[str, Any]:
+            cpu_after = engines.cpu()
+            self._samplers.remove(sampler)
+            memory = sampler.stop()
+            counters_after = _scan_counters(system)
+            queries = Counter(engines.dns.queries.snapshot())
+            queries.subtract(queries_before)
+            scan: dict[str, dict[str, int]] = {}
+            for name, value in counters_after.items():
+                if value != counters_before.get(name, 0):
+                    _, module, verdict = name.split(".", 2)
+                    scan.setdefault(module, {})[verdict] = value - counters_before.get(name, 0)
+            extra: dict[str, Any] = {
+                "scan": scan,
+                "engine_cpu_seconds": {
+                    name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_after
+                },
+                "engine_peak_pss_kib": memory.peak_pss_kib,
+                "dns_queries": {
+                    f"{name} {rtype}": count
+                    for (name, rtype), count in sorted(queries.items())
+                    if count
+                },
+            }
+            if isinstance(system, ProtectedMailgate):
+                scanned = sum(scan.get("auth", {}).values())
+                extra["message_log"] = message_log(system.data_dir / "mailgate.db", since, scanned)
+            return extra
+
+        return after
+
+
+def check_run(run: dict[str, Any]) -> list[str]:
+    """What is wrong with a run: the promises of the benchmark it did not keep."""
+    if "error" in run:
+        return [f"run failed: {run['error']}"]
+    problems = []
+    accepted, requested = run["accepted"], run["requested"]
+    if accepted != requested:
+        problems.append(f"{accepted} of {requested} messages accepted "
+                        f"(refused {run['refused']}, failed {run['failed']})")  # fmt: skip
+    if run["lost"] or run["duplicated"]:
+        problems.append(f"lost {run['lost']}, duplicated {run['duplicated']}")
+    scan: dict[str, dict[str, int]] = run.get("scan", {})
+    if run["system"] == "core" and scan:
+        problems.append(f"the core path scanned: {scan}")
+    if run["system"] == "all":
+        for module in MODULES:
+            verdicts = scan.get(module, {})
+            if verdicts.get("clean", 0) != accepted or sum(verdicts.values()) != accepted:
+                problems.append(
+                    f"{module} did not scan every message as clean: {verdicts or 'never ran'} "
+                    f"for {accepted} accepted"
+                )
+        log = run.get("message_log", {})
+        wanted = {
+            "records": log.get("records"),
+            **{f"{module} clean": log.get("clean", {}).get(module) for module in MODULES},
+            "SPF pass": log.get("spf_pass"),
+            "DMARC pass": log.get("dmarc_pass"),
+        }
+        wrong = {name: value for name, value in wanted.items() if value != accepted}
+        if wrong:
+            problems.append(f"message log, of {accepted} accepted: {wrong}")
+    return problems
+
+
+# Summary
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(value for value in values if not math.isnan(value))
+    if not ordered:
+        return math.nan
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario: all modules against the core path."""
+    by_key = {(r["system"], r["size"], r["concurrency"]): r for r in rows if "error" not in r}
+    comparisons = []
+    for (system, size, concurrency), core in by_key.items():
+        full = by_key.get(("all", size, concurrency))
+        if system != "core" or full is None:
+            continue
+        good = [
+            run
+            for run in runs
+            if run["system"] == "all"
+            and run["size"] == size
+            and run["concurrency"] == concurrency
+            and "error" not in run
+        ]
+        engines = {}
+        for name in ("clamd", "rspamd", "dns"):
+            engines[name] = _median(
+                [
+                    1000 * run["engine_cpu_seconds"].get(name, math.nan) / run["accepted"]
+                    for run in good
+                    if run["accepted"]
+                ]
+            )
+        queries = _median(
+            [sum(run["dns_queries"].values()) / run["accepted"] for run in good if run["accepted"]]
+        )
+        overhead = full["cpu_ms_per_message"] - core["cpu_ms_per_message"]
+        comparisons.append(
+            {
+                "size": size,
+                "concurrency": concurrency,
+                "accepted_per_s": full["accepted_per_s"] / core["accepted_per_s"],
+                "e2e_per_s": full["e2e_per_s"] / core["e2e_per_s"],
+                "p50_ms": [core["latency_ms"]["p50"], full["latency_ms"]["p50"]],
+                "p99_ms": [core["latency_ms"]["p99"], full["latency_ms"]["p99"]],
+                "cpu_ms_per_message": [core["cpu_ms_per_message"], full["cpu_ms_per_message"]],
+                "overhead_ms_per_message": overhead,
+                "overhead_target_met": overhead < OVERHEAD_TARGET_MS,
+                "engine_cpu_ms_per_message": engines,
+                "dns_queries_per_message": queries,
+                "engine_peak_pss_kib": max((run["engine_peak_pss_kib"] for run in good), default=0),
+            }
+        )
+    return comparisons
+
+
+def _size(size: int) -> str:
+    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    comparisons: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    problems: dict[str, list[str]],
+    systems: Sequence[str],
+) -> str:
+    lines = [report.markdown(rows, []).rstrip(), ""]
+    lines.append(
+        "CPU ms/msg: the system's own processes (mailgate: its one process, clamd and Rspamd "
+        "excluded); PSS: the same processes."
+    )
+    if comparisons:
+        lines += [
+            "",
+            "All five modules against the core path (same scenario, same load):",
+            "",
+            "| size | conns | e2e all/core | accepted all/core | p50 ms core → all "
+            "| p99 ms core → all | CPU ms/msg core → all | overhead ms/msg | < 1 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for item in comparisons:
+            p50, p99, cpu = item["p50_ms"], item["p99_ms"], item["cpu_ms_per_message"]
+            lines.append(
+                f"| {_size(item['size'])} | {item['concurrency']} "
+                f"| {_num(item['e2e_per_s'], 2)} | {_num(item['accepted_per_s'], 2)} "
+                f"| {_num(p50[0], 1)} → {_num(p50[1], 1)} | {_num(p99[0], 1)} → {_num(p99[1], 1)} "
+                f"| {_num(cpu[0], 2)} → {_num(cpu[1], 2)} "
+                f"| **{_num(item['overhead_ms_per_message'], 2)}** "
+                f"| {'ok' if item['overhead_target_met'] else 'MISSED'} |"
+            )
+        lines += [
+            "",
+            "Engines, per message of the all-modules runs (not part of mailgate's CPU):",
+            "",
+            "| size | conns | clamd CPU ms | Rspamd CPU ms | DNS server CPU ms | DNS queries "
+            "| engines' peak PSS MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for item in comparisons:
+            engines = item["engine_cpu_ms_per_message"]
+            lines.append(
+                f"| {_size(item['size'])} | {item['concurrency']} "
+                f"| {_num(engines['clamd'], 2)} | {_num(engines['rspamd'], 2)} "
+                f"| {_num(engines['dns'], 2)} | {_num(item['dns_queries_per_message'], 1)} "
+                f"| {_num(item['engine_peak_pss_kib'] / 1024, 1)} |"
+            )
+    scanned = [run for run in runs if run["system"] in ("core", "all") and "error" not in run]
+    if scanned:
+        lines += [
+            "",
+            "Scan verdicts in the measured window (mailgate counters `scan.MODULE.VERDICT`; "
+            "message log: clean per module, SPF and DMARC pass):",
+            "",
+        ]
+        for run in scanned:
+            scan = run.get("scan", {})
+            counts = ", ".join(
+                f"{module} "
+                + "/".join(f"{verdict} {count}" for verdict, count in sorted(scan[module].items()))
+                for module in MODULES
+                if module in scan
+            )
+            text = f"- {_size(run['size'])} x {run['concurrency']} {run['system']}: accepted "
+            text += f"{run['accepted']}; " + (counts or "no module ran")
+            log = run.get("message_log")
+            if log:
+                text += (
+                    f"; log: {log['records']} records, SPF pass {log['spf_pass']}, "
+                    f"DMARC pass {log['dmarc_pass']}"
+                )
+            lines.append(text)
+    failed = {key: value for key, value in problems.items() if value}
+    lines.append("")
+    if failed:
+        lines.append("**FAILED CHECKS**")
+        lines += [f"- {key}: {'; '.join(value)}" for key, value in failed.items()]
+    else:
+        lines.append(
+            "Checks: every module scanned every message of every all-modules run (all clean, "
+            "SPF and DMARC pass); nothing lost, nothing duplicated."
+            if "all" in systems
+            else "Checks: nothing lost, nothing duplicated."
+        )
+    lines += ["", f"Method: {OVERHEAD_METHOD}"]
+    return "\n".join(lines) + "\n"
+
+
+# Profile: where the all-modules pipeline's time goes
+
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_CATEGORIES = (
+    # pyspf is spf.py, dkimpy dkim/, dnspython dns/ (files as py-spy names them).
+    (
+        "auth",
+        ("mailgate/checks/auth.py", "mailgate/auth/", "mailgate/dns.py", "spf.py", "dkim/", "dns/"),
+    ),
+    ("antispam", ("mailgate/checks/rspamd.py",)),
+    ("antivirus", ("mailgate/checks/clamav.py",)),
+    ("content", ("mailgate/checks/content.py",)),
+    ("phishing", ("mailgate/checks/phishing.py",)),
+    ("pipeline (rules, decisions, MIME parse)", ("mailgate/pipeline/",)),
+    ("intake (apply decision, headers, message log)", ("mailgate/intake.py",)),
+)
+_REST = "rest (SMTP, queue, delivery, logging)"
+
+
+def _short(path: str) -> str:
+    for marker in ("/site-packages/", "/src/", "/lib/python3.11/"):
+        if marker in path:
+            return path.rpartition(marker)[2]
+    return "/".join(path.rsplit("/", 2)[-2:]) if path.startswith("/") else path
+
+
+def _in(file: str, marker: str) -> bool:
+    """``file`` (a path, full or relative to sys.path) is ``marker`` or lies under it."""
+    return file.startswith(marker) or f"/{marker}" in file
+
+
+def profile_breakdown(path: Path, messages: int, rate: int, top: int = 20) -> dict[str, Any]:
+    """py-spy's collapsed stacks (GIL held, ``rate`` samples/s) to time per message by module
+    and to the functions that take it (self time), with their files."""
+    categories: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {"file": str(path), "samples": 0}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        files = []
+        frames = []
+        for frame in stack.split(";"):
+            match = _FRAME.match(frame)
+            if match:
+                files.append(_short(match["file"]))
+                frames.append(f"{match['name']} ({files[-1]})")
+        if not frames:
+            continue
+        total += count
+        category = next(
+            (name for name, markers in _CATEGORIES
+             if any(_in(file, marker) for file in files for marker in markers)),
+            _REST,
+        )  # fmt: skip
+        categories[category] += count
+        if category != _REST:
+            functions[frames[-1]] += count
+            for frame in set(frames):
+                inclusive[frame] += count
+    scale = 1000 / rate / messages if messages else math.nan
+    return {
+        "file": str(path),
+        "samples": total,
+        "messages": messages,
+        "note": "GIL-held samples: Python time; ms/msg = samples / rate / messages",
+        "by_module_ms_per_message": {
+            name: count * scale for name, count in categories.most_common()
+        },
+        "by_module_share": {name: count / total for name, count in categories.most_common()}
+        if total
+        else {},
+        "top_self_in_pipeline": [
+            [name, count / total, count * scale] for name, count in functions.most_common(top)
+        ]
+        if total
+        else [],
+        "top_inclusive_in_pipeline": [
+            [name, count / total, count * scale] for name, count in inclusive.most_common(top)
+        ]
+        if total
+        else [],
+    }
+
+
+def profile_markdown(runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for run in runs:
+        breakdown = run.get("profile_breakdown")
+        if not breakdown or not breakdown.get("samples"):
+            continue
+        lines += [
+            "",
+            f"Profile of all modules, {_size(run['size'])} x {run['concurrency']} "
+            f"(py-spy, GIL held, {breakdown['samples']} samples, {run['accepted']} messages; "
+            "profiled runs are slower):",
+            "",
+            "| where | share | ms/msg |",
+            "|---|---:|---:|",
+        ]
+        shares = breakdown["by_module_share"]
+        for name, value in breakdown["by_module_ms_per_message"].items():
+            lines.append(f"| {name} | {100 * shares[name]:.1f}% | {value:.3f} |")
+        lines += [
+            "",
+            "| top functions of the pipeline (self) | share | ms/msg |",
+            "|---|---:|---:|",
+        ]
+        for name, share, value in breakdown["top_self_in_pipeline"][:15]:
+            lines.append(f"| `{name}` | {100 * share:.1f}% | {value:.3f} |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# Other benchmarks
+
+
+def other_benchmarks() -> list[str]:
+    """Command lines of benchmarks running beside this one (their load would skew ours)."""
+    mine = {os.getpid(), os.getppid()}
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in mine:
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(part.decode(errors="replace") for part in argv if part)
+        if re.search(r"-m bench\.(run|verify|protection)\b", text):
+            found.append(f"{name} {text}")
+    return found
+
+
+# Main
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    if os.geteuid() != 0:
+        _progress("run as root: Rspamd drops to its own account, Postfix instances need root")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    scenarios = plan(arguments)
+    machine = machine_info()
+    others = other_benchmarks()
+    if others:
+        _progress("WARNING: other benchmarks are running; the measurements overlap:")
+        for line in others:
+            _progress(f"    {line}")
+    runs: list[dict[str, Any]] = []
+    engines_info: dict[str, Any] = {}
+    configurations: dict[str, Any] = {}
+    interrupted = False
+    _progress(f"{len(scenarios)} scenario(s) x {arguments.systems} on {machine['nproc']} CPUs")
+    try:
+        with (
+            session_directory(arguments.keep) as session_dir,
+            contextlib.ExitStack() as engines_stack,
+        ):
+            engines = Engines(session_dir)
+            began = time.monotonic()
+            engines.start(engines_stack)
+            engines_info = engines.describe()
+            _progress(f"engines up in {time.monotonic() - began:.1f} s: {engines.pids()}")
+            factory = make_factory(engines)
+            probe = Probe(engines, arguments)
+            engines_stack.callback(probe.close)
+            number = 0
+            rounds = [
+                (repeat, position, scenario)
+                for repeat in range(arguments.repeat)
+                for position, scenario in enumerate(scenarios)
+            ]
+            for repeat, position, base in rounds:
+                order = list(arguments.systems)
+                if (position + repeat) % 2:
+                    order.reverse()
+                for system_name in order:
+                    number += 1
+                    scenario = messages_for(system_name, base, arguments)
+                    _progress(
+                        f"[{number}] {system_name}: {scenario.size} B x {scenario.concurrency} "
+                        f"connections, {scenario.messages} messages"
+                    )
+                    began = time.monotonic()
+                    try:
+                        with contextlib.ExitStack() as stack:
+                            run = run_one(
+                                arguments,
+                                session_dir,
+                                number,
+                                scenario,
+                                system_name,
+                                stack,
+                                factory=factory,
+                                probe=probe,
+                                profiled="all",
+                            )
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as error:  # one broken run must not lose the others
+                        probe.close()
+                        run = {
+                            "system": system_name,
+                            "size": scenario.size,
+                            "concurrency": scenario.concurrency,
+                            "error": f"{type(error).__name__}: {error}",
+                        }
+                    run["repeat"] = repeat
+                    run["wall_seconds"] = round(time.monotonic() - began, 1)
+                    if "configuration" in run:
+                        configurations.setdefault(system_name, run["configuration"])
+                    if "profile" in run:
+                        run["profile_breakdown"] = profile_breakdown(
+                            Path(run["profile"]["file"]), run["accepted"], Profiler.RATE
+                        )
+                    run["problems"] = check_run(run)
+                    runs.append(run)
+                    _progress(f"    {_describe(run)} ({run['wall_seconds']} s)")
+                    if "scan" in run:
+                        _progress(f"    scan: {run['scan'] or 'none'}")
+                    for problem in run["problems"]:
+                        _progress(f"    PROBLEM: {problem}")
+    except KeyboardInterrupt:
+        interrupted = True
+        _progress("interrupted: everything started was stopped; reporting what finished")
+
+    measured = {run["mailgate_fingerprint"] for run in runs if "mailgate_fingerprint" in run}
+    if len(measured) > 1:
+        _progress(f"WARNING: mailgate's sources changed during the benchmark ({measured})")
+    rows = report.summarise(runs, arguments.systems)
+    comparisons = compare(rows, runs)
+    problems = {
+        f"run {index + 1} ({run['system']} {_size(run['size'])} x {run['concurrency']})": run[
+            "problems"
+        ]
+        for index, run in enumerate(runs)
+    }
+    table = markdown(rows, comparisons, runs, problems, arguments.systems)
+    table += profile_markdown(runs)
+    if len(measured) > 1:
+        table += f"\nWARNING: mailgate's sources changed during the benchmark ({measured}).\n"
+    output = arguments.output or RESULTS_DIR / (
+        "protection-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    overheads = [item["overhead_ms_per_message"] for item in comparisons]
+    document = {
+        "machine": machine,
+        "other_benchmarks_at_start": others,
+        "engines": engines_info,
+        "options": {
+            "sizes": arguments.sizes,
+            "concurrency": arguments.concurrency,
+            "messages": {
+                system: [
+                    [s.size, s.concurrency, messages_for(system, s, arguments).messages]
+                    for s in scenarios
+                ]
+                for system in arguments.systems
+            },
+            "systems": arguments.systems,
+            "generators": arguments.generators,
+            "repeat": arguments.repeat,
+            "pss_interval": arguments.pss_interval,
+            "quick": arguments.quick,
+            "profile": arguments.profile,
+        },
+        "configurations": configurations,
+        "method": OVERHEAD_METHOD,
+        "overhead_target_ms": OVERHEAD_TARGET_MS,
+        "overhead_max_ms": max(overheads) if overheads else None,
+        "overhead_target_met": bool(overheads) and all(x < OVERHEAD_TARGET_MS for x in overheads),
+        "interrupted": interrupted,
+        "sources_changed": len(measured) > 1,
+        "runs": runs,
+        "summary": rows,
+        "comparisons": comparisons,
+        "problems": {key: value for key, value in problems.items() if value},
+        "table": table,
+    }
+    output.write_text(json.dumps(_finite(document), indent=1) + "\n")
+    print(
+        f"## mailgate protection modules vs core path ({machine['date']}, {machine['nproc']} "
+        f"CPUs, Python {machine['python']}, mailgate {machine['mailgate_commit']} "
+        f"{machine['mailgate_fingerprint']}, {engines_info.get('clamd', {}).get('version', '?')}, "
+        f"{engines_info.get('rspamd', {}).get('version', '?')})\n"
+    )
+    print(table)
+    print(f"JSON: {output}")
+    failed = interrupted or any(run["problems"] for run in runs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
