@@ -62,9 +62,11 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert log["clean"] == dict.fromkeys(MODULES, QUICK_MESSAGES)
     assert log["spf_pass"] == QUICK_MESSAGES
     assert log["dmarc_pass"] == QUICK_MESSAGES
-    # Authentication asked the DNS server for real (no cache in mailgate's resolver).
-    assert full["dns_queries"].get("bench.test TXT", 0) >= QUICK_MESSAGES
-    assert full["dns_queries"].get("_dmarc.bench.test TXT", 0) >= QUICK_MESSAGES
+    # The SPF and DMARC passes need the records only the benchmark's DNS server publishes;
+    # mailgate's resolver keeps them for their TTL (300 s), so the measured window asks the
+    # server at most once for each, not once per message.
+    assert full["dns_queries"].get("bench.test TXT", 0) <= 1
+    assert full["dns_queries"].get("_dmarc.bench.test TXT", 0) <= 1
 
     assert len(document["comparisons"]) == 1
     assert document["method"].startswith("overhead = CPU ms/msg")
