@@ -375,8 +375,8 @@ def scan_fake(reply: bytes | None, timeout: float = 5.0) -> CheckResult:
         (http("200 OK", b'{"action": "quarantine", "score": 1}'), "unknown action 'quarantine'"),
         (http("500 Internal Server Error", b'{"error": "task timeout"}'), "HTTP 500: task timeout"),
         (http("200 OK", b'{"error": "Message\\r\\nInjected: yes"}'), "reports an error"),
-        (b"220 mail.example ESMTP\r\n", "RemoteProtocolError"),
-        (b"", "RemoteProtocolError"),
+        (b"220 mail.example ESMTP\r\n", "ProtocolError"),
+        (b"", "ProtocolError"),
     ],
 )
 def test_garbage_answer_is_an_error(reply: bytes, reason: str) -> None:

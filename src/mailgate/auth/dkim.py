@@ -96,6 +96,12 @@ def _tags(header_value: bytes) -> dict[bytes, bytes]:
     return tags
 
 
+def _signed(message: bytes) -> bool:
+    """Whether the header section has a DKIM-Signature field."""
+    end = message.find(b"\r\n\r\n")
+    return _SIGNATURE_HEADER.search(message, 0, end if end >= 0 else len(message)) is not None
+
+
 class _Verifier:
     """Runs in a worker thread: verifies each signature of one message."""
 
@@ -117,7 +123,7 @@ class _Verifier:
         return records[0].encode("utf-8") if records else None
 
     def run(self, max_signatures: int) -> tuple[DkimSignatureResult, ...]:
-        if not _SIGNATURE_HEADER.search(self._message.split(b"\r\n\r\n", 1)[0]):
+        if not _signed(self._message):
             return ()
         try:
             checker = dkim.DKIM(self._message, logger=log, minkey=self._minkey)
@@ -198,6 +204,9 @@ async def verify_dkim(
     Past `time_limit` the remaining key lookups fail with temperror. Never raises for the
     message's or the DNS's sake.
     """
+
+    if not _signed(message):
+        return ()  # the common unsigned case, without a worker thread
 
     def run(bridge: LoopBridge) -> tuple[DkimSignatureResult, ...]:
         def lookup(name: str) -> list[str]:

@@ -15,7 +15,8 @@ error action applies (tempfail by default), the check never raises.
 
 Security notes: the answer is read up to ``MAX_REPLY_BYTES``; every header value the check adds is
 one line of printable ASCII, whatever Rspamd (or an impostor on its address) sends; proxy
-variables of the environment are ignored, as the scanner is a local service.
+variables of the environment are ignored, as the scanner is a local service
+(`mailgate.checks.http`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ import asyncio
 import json
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mailgate.checks import http
 from mailgate.config.protection import AntispamSettings
 from mailgate.dns import ascii_name
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["ACTION_VERDICTS", "MAX_REPLY_BYTES", "RspamdCheck"]
 
@@ -56,70 +55,30 @@ ACTION_VERDICTS: Mapping[str, Verdict] = {
 
 
 class RspamdCheck:
-    """The Anti-Spam module. One HTTP client (and its connection pool) serves every scan; it is
-    created on the first scan, in the event loop that runs the scans, and closed by `aclose`."""
+    """The Anti-Spam module: one HTTP request to Rspamd per message (`mailgate.checks.http`)."""
 
     module = MODULE
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._transport = transport  # for tests: an httpx.MockTransport
-        self._client: httpx.AsyncClient | None = None
-
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        """Nothing to release: each scan's connection ends with its reply."""
 
     async def scan(self, ctx: ScanContext) -> CheckResult:
-        import httpx  # here, not at the top: a node without Anti-Spam does without its memory
-
         settings = ctx.protection.antispam
         endpoint = f"{settings.url.rstrip('/')}/checkv2"
         try:
-            # httpx's timeout bounds each step (connect, each read); this bounds the whole.
             async with asyncio.timeout(settings.timeout):
-                status, body = await self._post(endpoint, ctx, settings.timeout)
-        except (TimeoutError, httpx.TimeoutException):
+                status, body = await http.post(
+                    endpoint, ctx.content, request_headers(ctx), limit=MAX_REPLY_BYTES
+                )
+        except TimeoutError:
             return _error(f"no answer from Rspamd at {endpoint} within {settings.timeout:g}s")
-        except httpx.ConnectError as exc:
+        except http.ConnectError as exc:
             return _error(f"cannot connect to Rspamd at {endpoint}: {_clip(str(exc))}")
-        except httpx.HTTPError as exc:
-            return _error(f"Rspamd at {endpoint}: {type(exc).__name__}: {_clip(str(exc))}")
-        except _ReplyTooLarge:
+        except http.ReplyTooLarge:
             return _error(f"Rspamd at {endpoint} answered more than {MAX_REPLY_BYTES} bytes")
         except Exception as exc:  # the contract: a check reports trouble, it never raises
             return _error(f"Rspamd at {endpoint}: {type(exc).__name__}: {_clip(str(exc))}")
         return _interpret(endpoint, status, body, settings)
-
-    async def _post(self, endpoint: str, ctx: ScanContext, step: float) -> tuple[int, bytes]:
-        import httpx
-
-        if self._client is None:
-            # trust_env=False: HTTP(S)_PROXY set for outbound traffic must not divert the scanner.
-            self._client = httpx.AsyncClient(
-                transport=self._transport, trust_env=False, follow_redirects=False
-            )
-        request = self._client.build_request(
-            "POST",
-            endpoint,
-            content=ctx.content,
-            headers=request_headers(ctx),
-            timeout=httpx.Timeout(step),
-        )
-        response = await self._client.send(request, stream=True)
-        try:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_REPLY_BYTES:
-                    raise _ReplyTooLarge
-        finally:
-            await response.aclose()
-        return response.status_code, bytes(body)
-
-
-class _ReplyTooLarge(Exception):
-    pass
 
 
 def request_headers(ctx: ScanContext) -> list[tuple[str, str]]:
