@@ -46,6 +46,9 @@ MODULE = "phishing"
 HEADER = "X-Mailgate-Phishing"
 
 MAX_LINKS = 10_000  # distinct links per message; beyond, the message is not analysed
+# Up to this size a message is inspected on the event loop (about 0.3 ms for 128 KB of plain
+# text; a page of HTML full of links, the worst case, some 20 ms); beyond, in a thread.
+INLINE_BYTES = 128 * 1024
 _MAX_URL = 2048
 _MAX_LABELS = 128
 _HTML_SLICE = 16 * 1024
@@ -90,12 +93,15 @@ class PhishingCheck:
 
     async def scan(self, ctx: ScanContext) -> CheckResult:
         try:
+            if ctx.small(INLINE_BYTES):
+                return self.inspect(ctx)
             return await asyncio.to_thread(self.inspect, ctx)
         except Exception as exc:  # a check must not raise: the rule's error action applies
             return _result(Verdict.ERROR, f"unexpected {type(exc).__name__}: {exc}")
 
     def inspect(self, ctx: ScanContext) -> CheckResult:
-        """The verdict, computed synchronously (`scan` runs this in a thread)."""
+        """The verdict, computed synchronously (`scan` runs this in a thread, or inline for a
+        message of at most `INLINE_BYTES`)."""
         settings = ctx.protection.phishing
         message = ctx.message
         if message.too_complex:

@@ -8,9 +8,9 @@ with the reason, and the rule's error action applies (tempfail by default).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from mailgate.types import ClientInfo, Envelope
@@ -74,14 +74,36 @@ class ScanContext:
     hostname: str
     protection: Protection
     _parse_limits: tuple[int, int] = field(default=(1000, 30))
+    _parsed: ParsedMessage | None = field(default=None, init=False, repr=False, compare=False)
+    _parse_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
-    @cached_property
+    @property
     def message(self) -> ParsedMessage:
-        """The MIME structure, parsed once for every check (bounded: see pipeline.message)."""
-        from mailgate.pipeline.message import ParsedMessage
+        """The MIME structure, parsed once for every check (bounded: see pipeline.message),
+        by whichever check asks first, on the loop or in a worker thread. The lock is this
+        message's own (functools.cached_property's, in Python 3.11, is one for all
+        instances: a big message parsed in a thread would hold up small ones on the loop)."""
+        parsed = self._parsed
+        if parsed is None:
+            with self._parse_lock:
+                parsed = self._parsed
+                if parsed is None:
+                    from mailgate.pipeline.message import ParsedMessage
 
-        return ParsedMessage.parse(self.content, max_parts=self._parse_limits[0],
-                                   max_depth=self._parse_limits[1])  # fmt: skip
+                    parsed = self._parsed = ParsedMessage.parse(
+                        self.content,
+                        max_parts=self._parse_limits[0],
+                        max_depth=self._parse_limits[1],
+                    )
+        return parsed
+
+    def small(self, limit: int) -> bool:
+        """Whether the message is at most `limit` bytes: in-process checks inspect such a
+        message on the event loop, where a worker thread's hand-offs would cost more than
+        the inspection itself (a fraction of a millisecond)."""
+        return len(self.content) <= limit
 
 
 class Check(Protocol):
