@@ -29,8 +29,10 @@ business; the detail here is for logs and quarantine.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import struct
+from typing import Any
 
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
 
@@ -50,6 +52,7 @@ _READ_SIZE = 4096
 
 _STREAM_PREFIX = "stream: "
 _LENGTH = struct.Struct(">I")
+_END = _LENGTH.pack(0)  # the zero-length chunk that ends the stream
 
 
 class _ClamdError(Exception):
@@ -149,12 +152,17 @@ async def _instream(endpoint: str, content: bytes) -> str:
     try:
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_sendall(sock, b"zINSTREAM\0")
+            # The command rides with the first chunk and the end mark with the last: one
+            # write for a message of up to CHUNK_SIZE bytes.
             data = memoryview(content)
+            command = b"zINSTREAM\0"
             for start in range(0, len(data), CHUNK_SIZE):
                 chunk = data[start : start + CHUNK_SIZE]
-                await loop.sock_sendall(sock, _LENGTH.pack(len(chunk)) + chunk)
-            await loop.sock_sendall(sock, _LENGTH.pack(0))
+                end = _END if start + CHUNK_SIZE >= len(data) else b""
+                await loop.sock_sendall(sock, command + _LENGTH.pack(len(chunk)) + chunk + end)
+                command = b""
+            if command:  # an empty message: no chunk at all
+                await loop.sock_sendall(sock, command + _END)
         except OSError as exc:
             # clamd replies and hangs up as soon as the stream exceeds StreamMaxLength, so a
             # failed send usually means its explanation is waiting to be read.
@@ -184,7 +192,12 @@ async def _connect(endpoint: str) -> socket.socket:
     if not sep or not host or not port.isdigit():
         raise _ClamdError('bad address: use "unix:/path" or "host:port"')
     host = host.removeprefix("[").removesuffix("]")  # "[::1]:3310"
-    infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    infos: list[tuple[Any, ...]]
+    try:  # an address needs no resolver (whose lookup would run in a worker thread)
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        infos = [(family, socket.SOCK_STREAM, 0, "", (host, int(port)))]
+    except ValueError:
+        infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     if not infos:
         raise _ClamdError(f"{host} has no address")
     failure: OSError | None = None
