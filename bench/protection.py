@@ -67,7 +67,6 @@ from bench.loadgen import SENDER
 from bench.memory import PssSampler, tree_cpu_seconds
 from bench.run import (
     DEFAULT_MESSAGES,
-    DEFAULT_MESSAGES_OTHER,
     RESULTS_DIR,
     Profiler,
     Scenario,
@@ -76,7 +75,10 @@ from bench.run import (
     _int_list,
     _interrupt,
     _progress,
+    check_sources,
+    collapsed_stacks,
     machine_info,
+    plan,
     run_one,
     session_directory,
 )
@@ -186,20 +188,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     ):
         parser.error("--profile needs 'all' among --systems and py-spy (uv run --with py-spy)")
     return arguments
-
-
-def plan(arguments: argparse.Namespace) -> list[Scenario]:
-    """The scenarios, with the core path's message count (see :func:`messages_for`)."""
-    scenarios = []
-    for size in arguments.sizes:
-        for concurrency in arguments.concurrency:
-            if arguments.messages is not None:
-                messages = arguments.messages
-            else:
-                many, few = DEFAULT_MESSAGES.get(size, DEFAULT_MESSAGES_OTHER)
-                messages = many if concurrency >= 10 else few
-            scenarios.append(Scenario(size, concurrency, max(messages, concurrency)))
-    return scenarios
 
 
 def messages_for(system: str, scenario: Scenario, arguments: argparse.Namespace) -> Scenario:
@@ -499,14 +487,6 @@ def check_run(run: dict[str, Any]) -> list[str]:
 # Summary
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(value for value in values if not math.isnan(value))
-    if not ordered:
-        return math.nan
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per scenario: all modules against the core path."""
     by_key = {(r["system"], r["size"], r["concurrency"]): r for r in rows if "error" not in r}
@@ -525,14 +505,14 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
         ]
         engines = {}
         for name in ("clamd", "rspamd", "dns"):
-            engines[name] = _median(
+            engines[name] = report.median(
                 [
                     1000 * run["engine_cpu_seconds"].get(name, math.nan) / run["accepted"]
                     for run in good
                     if run["accepted"]
                 ]
             )
-        queries = _median(
+        queries = report.median(
             [sum(run["dns_queries"].values()) / run["accepted"] for run in good if run["accepted"]]
         )
         overhead = full["cpu_ms_per_message"] - core["cpu_ms_per_message"]
@@ -689,18 +669,13 @@ def profile_breakdown(path: Path, messages: int, rate: int, top: int = 20) -> di
     functions: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
+    stacks = collapsed_stacks(path)
+    if stacks is None:
         return {"file": str(path), "samples": 0}
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in stacks:
         files = []
         frames = []
-        for frame in stack.split(";"):
+        for frame in stack:
             match = _FRAME.match(frame)
             if match:
                 files.append(_short(match["file"]))
@@ -885,9 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         _progress("interrupted: everything started was stopped; reporting what finished")
 
-    measured = {run["mailgate_fingerprint"] for run in runs if "mailgate_fingerprint" in run}
-    if len(measured) > 1:
-        _progress(f"WARNING: mailgate's sources changed during the benchmark ({measured})")
+    measured = check_sources(runs)
     rows = report.summarise(runs, arguments.systems)
     comparisons = compare(rows, runs)
     problems = {

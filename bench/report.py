@@ -110,18 +110,18 @@ def summarise(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
                 "concurrency": good[0]["concurrency"],
                 "repeats": len(good),
                 "failed_runs": len(group) - len(good),
-                "accepted_per_s": _median([run["accepted_per_s"] for run in good]),
-                "e2e_per_s": _median(e2e),
+                "accepted_per_s": median([run["accepted_per_s"] for run in good]),
+                "e2e_per_s": median(e2e),
                 "e2e_range": [min(e2e), max(e2e)],
                 "latency_ms": {
-                    "p50": _median([run["latency_ms"]["p50"] for run in good]),
-                    "p99": _median([run["latency_ms"]["p99"] for run in good]),
+                    "p50": median([run["latency_ms"]["p50"] for run in good]),
+                    "p99": median([run["latency_ms"]["p99"] for run in good]),
                 },
                 "peak_pss_kib": largest["peak_pss_kib"],
                 "peak_processes": largest["peak_processes"],
                 "peak_pss_anon_kib": max(run["peak_pss_anon_kib"] for run in good),
                 "peak_rss_kib": max(run["peak_rss_kib"] for run in good),
-                "cpu_ms_per_message": _median([run["cpu_ms_per_message"] for run in good]),
+                "cpu_ms_per_message": median([run["cpu_ms_per_message"] for run in good]),
                 "accepted": sum(run["accepted"] for run in good),
                 "lost": sum(run["lost"] for run in good),
                 "duplicated": sum(run["duplicated"] for run in good),
@@ -131,8 +131,11 @@ def summarise(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
     return rows
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(value for value in values if not math.isnan(value))
+def median(values: Sequence[float | None]) -> float:
+    """The median of the numbers among ``values`` (None and NaN left out); NaN if none."""
+    ordered = sorted(
+        value for value in values if isinstance(value, int | float) and not math.isnan(value)
+    )
     if not ordered:
         return math.nan
     middle = len(ordered) // 2

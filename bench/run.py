@@ -187,7 +187,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return arguments
 
 
+def check_sources(runs: list[dict[str, Any]]) -> set[str]:
+    """The fingerprints of mailgate's sources the runs measured; more than one (the sources
+    were edited during the benchmark) is reported on stderr."""
+    measured = {run["mailgate_fingerprint"] for run in runs if "mailgate_fingerprint" in run}
+    if len(measured) > 1:
+        _progress(f"WARNING: mailgate's sources changed during the benchmark ({measured})")
+    return measured
+
+
 def plan(arguments: argparse.Namespace) -> list[Scenario]:
+    """The scenarios: every size with every concurrency, with the message count for each."""
     scenarios = []
     for size in arguments.sizes:
         for concurrency in arguments.concurrency:
@@ -337,21 +347,31 @@ class Profiler:
         return summary
 
 
+def collapsed_stacks(path: Path) -> list[tuple[list[str], int]] | None:
+    """py-spy's "raw" output: each stack (its frames, outermost first) with its sample count;
+    None when the file cannot be read."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    stacks = []
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            stacks.append((stack.split(";"), int(count_text)))
+    return stacks
+
+
 def summarise_profile(path: Path, top: int = 25) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
+    stacks = collapsed_stacks(path)
+    if stacks is None:
         return {"file": str(path), "samples": 0}
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [frame.rpartition(" (")[0] or frame for frame in stack.split(";")]
+    for stack, count in stacks:
+        frames = [frame.rpartition(" (")[0] or frame for frame in stack]
         total += count
         own[frames[-1]] += count
         for frame in set(frames):
@@ -596,9 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         _progress("interrupted: everything started was stopped; reporting what finished")
 
-    measured = {run["mailgate_fingerprint"] for run in runs if "mailgate_fingerprint" in run}
-    if len(measured) > 1:
-        _progress(f"WARNING: mailgate's sources changed during the benchmark ({measured})")
+    measured = check_sources(runs)
     rows = report.summarise(runs, arguments.systems)
     comparisons = _compare(rows)
     table = report.markdown(rows, comparisons)

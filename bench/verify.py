@@ -71,10 +71,11 @@ from typing import Any
 from bench.loadgen import Connection, ConnectionLost, SmtpClient
 from bench.memory import descendants, tree_cpu_seconds
 from bench.proc import Child, new_event_loop
-from bench.report import percentile
+from bench.report import median, percentile
 from bench.run import (
     RESULTS_DIR,
     SinkControl,
+    check_sources,
     machine_info,
     mailgate_source,
     session_directory,
@@ -968,14 +969,6 @@ def _code_text(codes: dict[str, int]) -> str:
     return ", ".join(f"{code}: {count}" for code, count in codes.items()) or "-"
 
 
-def _median(values: list[float]) -> float:
-    finite = sorted(value for value in values if isinstance(value, int | float))
-    if not finite:
-        return math.nan
-    middle = len(finite) // 2
-    return finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
-
-
 def _other(run: dict[str, Any]) -> float:
     """Cores used by other processes during the measured phase (a clean run: about 0)."""
     cpu = run.get("cpu") or {}
@@ -1016,7 +1009,7 @@ def latency_rows(runs: list[dict[str, Any]], systems: list[str]) -> list[dict[st
                     "runs": len(group),
                     "rcpts": group[0]["rcpts"],
                     **{
-                        stat: _median([run["latency_ms"][stat] for run in group])
+                        stat: median([run["latency_ms"][stat] for run in group])
                         for stat in ("p50", "p90", "p99", "max")
                     },
                     "p99_each": [run["latency_ms"]["p99"] for run in group],
@@ -1268,9 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         _progress("interrupted: everything started was stopped; reporting what finished")
 
-    measured = {run["mailgate_fingerprint"] for run in runs if "mailgate_fingerprint" in run}
-    if len(measured) > 1:
-        _progress(f"WARNING: mailgate's sources changed during the benchmark ({measured})")
+    measured = check_sources(runs)
     table, latency, added = markdown(runs, arguments.systems)
     configurations: dict[str, Any] = {}
     for run in runs:

@@ -8,16 +8,13 @@ nothing was lost; it says nothing about speed.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mailgate.testing.clamd import clamd_available
 from mailgate.testing.rspamd import rspamd_available
+from tests.integration.quick_bench import run_quick
 
-REPO = Path(__file__).resolve().parents[2]
 QUICK_MESSAGES = 50  # what --quick sends per system
 MODULES = ("antivirus", "antispam", "content", "phishing", "auth")
 
@@ -29,19 +26,7 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert clamd_available(), "Debian's clamav-daemon package is not installed"
     assert rspamd_available(), "Debian's rspamd package is not installed"
     assert os.geteuid() == 0, "Rspamd drops to its own account: run as root"
-    output = tmp_path / "protection.json"
-
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.protection", "--quick", "--output", str(output)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    document = json.loads(output.read_text())
+    stdout, document = run_quick("bench.protection", tmp_path / "protection.json", timeout=240)
     runs = {run["system"]: run for run in document["runs"]}
     assert sorted(runs) == ["all", "core"]
     for system, run in runs.items():
@@ -70,6 +55,6 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
 
     assert len(document["comparisons"]) == 1
     assert document["method"].startswith("overhead = CPU ms/msg")
-    assert "| all |" in completed.stdout
-    assert "| core |" in completed.stdout
-    assert "overhead ms/msg" in completed.stdout
+    assert "| all |" in stdout
+    assert "| core |" in stdout
+    assert "overhead ms/msg" in stdout

@@ -6,15 +6,12 @@ This keeps the benchmark from rotting; it says nothing about speed, so it assert
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mailgate.testing.postfix import postfix_available
+from tests.integration.quick_bench import run_quick
 
-REPO = Path(__file__).resolve().parents[2]
 QUICK_MESSAGES = 50  # what --quick sends per system
 
 
@@ -22,19 +19,7 @@ def test_quick_benchmark_reports_both_systems_without_losing_mail(tmp_path: Path
     # The test command installs Postfix and runs as root: their absence is a failure, not a skip.
     assert postfix_available(), "Debian's postfix package is not installed"
     assert os.geteuid() == 0, "Postfix instances need root"
-    output = tmp_path / "bench.json"
-
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--output", str(output)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    document = json.loads(output.read_text())
+    stdout, document = run_quick("bench.run", tmp_path / "bench.json", timeout=240)
     runs = {run["system"]: run for run in document["runs"]}
     assert sorted(runs) == ["mailgate", "postfix"]
     for system, run in runs.items():
@@ -45,5 +30,5 @@ def test_quick_benchmark_reports_both_systems_without_losing_mail(tmp_path: Path
         assert run["duplicated"] == 0
         assert run["peak_pss_kib"] > 0
     assert len(document["ratios"]) == 1
-    assert "| mailgate |" in completed.stdout
-    assert "| postfix |" in completed.stdout
+    assert "| mailgate |" in stdout
+    assert "| postfix |" in stdout

@@ -8,15 +8,12 @@ checks: concurrent RCPTs for one uncached address make mailgate probe it exactly
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mailgate.testing.postfix import postfix_available
+from tests.integration.quick_bench import run_quick
 
-REPO = Path(__file__).resolve().parents[2]
 QUICK_HERD = 50  # connections of --quick's concurrent-RCPT run
 
 
@@ -24,19 +21,7 @@ def test_quick_verification_benchmark_probes_a_shared_address_once(tmp_path: Pat
     # The test command installs Postfix and runs as root: their absence is a failure, not a skip.
     assert postfix_available(), "Debian's postfix package is not installed"
     assert os.geteuid() == 0, "Postfix instances need root"
-    output = tmp_path / "verify.json"
-
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.verify", "--quick", "--output", str(output)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    document = json.loads(output.read_text())
+    stdout, document = run_quick("bench.verify", tmp_path / "verify.json", timeout=280)
     runs = {(run["system"], run["measurement"]): run for run in document["runs"]}
     for key, run in runs.items():
         assert "error" not in run, f"{key}: {run.get('error')}"
@@ -49,5 +34,5 @@ def test_quick_verification_benchmark_probes_a_shared_address_once(tmp_path: Pat
     assert herd["stats"]["verify.probed_addresses"] == 1
     assert herd["sink_rcpts"] == 1
 
-    assert "| mailgate |" in completed.stdout
-    assert "| postfix |" in completed.stdout
+    assert "| mailgate |" in stdout
+    assert "| postfix |" in stdout
