@@ -187,7 +187,8 @@ class Verifier:
         future.add_done_callback(_report)
 
     async def verify_now(self, address: str) -> Entry:
-        """Probe one address now, whatever the cache says, and record the result."""
+        """Probe one address now, whatever the cache says, and record the result (in the
+        store too, before returning)."""
         mailbox = parse_address(address)
         key = cache_key(mailbox)
         if self.memory.get(key) is None and self.store is not None:
@@ -197,7 +198,12 @@ class Verifier:
         if future is None:
             self._start(runtime, {self._hop(runtime, mailbox): [(key, mailbox.address)]})
             future = self._inflight[key]
-        return await asyncio.shield(future)
+        entry = await asyncio.shield(future)
+        if self.store is not None:
+            # The result's store write is queued on the one writer thread: once this no-op
+            # behind it has run, a read of the shared store (any node, the API) sees it.
+            await asyncio.wrap_future(self._writer.submit(lambda: None))
+        return entry
 
     def forget(self, address: str | None = None, status: str | None = None) -> int:
         """Drop entries from the memory layer and the store (blocking for the store)."""
