@@ -253,9 +253,9 @@ def test_results_are_shared_through_the_store(tmp_path: Path) -> None:
 
     async def probe_on_first() -> None:
         await first.verify([mailbox("nobody@example.com")])
+        await first.close()  # waits for the store writes queued behind the reply
 
     asyncio.run(probe_on_first())
-    first._executor.shutdown(wait=True)  # type: ignore[attr-defined]
     second, other_prober, _, counters = make(tmp_path, store=True)
 
     async def ask_second() -> None:

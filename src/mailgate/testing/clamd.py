@@ -36,7 +36,6 @@ stopped by ``stop()``, by the context manager and, as a safety net, by an ``atex
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
@@ -49,6 +48,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from mailgate.testing import processes
 
 __all__ = [
     "EICAR",
@@ -78,10 +79,6 @@ _PING_DEADLINE = 2.0
 _POLL = 0.02
 # sockaddr_un.sun_path is 108 bytes on Linux, NUL included.
 _MAX_SOCKET_PATH = 107
-
-# Instances started by this interpreter and not stopped yet: the atexit hook stops them so that
-# a crashed test run does not leave clamd running.
-_RUNNING: set[ClamdInstance] = set()
 
 
 class ClamdError(RuntimeError):
@@ -245,7 +242,7 @@ class ClamdInstance:
                 # is stopped by stop() (or the atexit hook) instead.
                 start_new_session=True,
             )
-        _RUNNING.add(self)
+        processes.started(self)
         deadline = began + self.start_deadline
         while True:
             failure = None
@@ -286,7 +283,7 @@ class ClamdInstance:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def _forget(self) -> None:
-        _RUNNING.discard(self)
+        processes.stopped(self)
 
     def ping(self, deadline: float = _PING_DEADLINE) -> bool:
         """True when clamd answers zPING with PONG on its Unix socket."""
@@ -335,12 +332,3 @@ class ClamdInstance:
 
     def __repr__(self) -> str:
         return f"ClamdInstance({self.endpoint!r}, pid={self.pid})"
-
-
-def _stop_all() -> None:
-    for instance in list(_RUNNING):
-        with contextlib.suppress(Exception):
-            instance.stop()
-
-
-atexit.register(_stop_all)

@@ -25,7 +25,6 @@ this process.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -36,13 +35,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from mailgate.testing import processes
 
 __all__ = [
     "DEFAULT_BASE_DIR",
@@ -76,13 +75,6 @@ ParamValue = str | int | bool | Sequence[str]
 _START_DEADLINE = 30.0
 _STOP_DEADLINE = 15.0
 _COMMAND_DEADLINE = 60.0
-_POLL_FIRST = 0.01
-_POLL_MAX = 0.2
-
-# Master processes started by this interpreter that have not been stopped yet: the atexit hook
-# stops them so that a crashed test run does not leave Postfix running.
-_RUNNING: set[PostfixInstance] = set()
-_RUNNING_LOCK = threading.Lock()
 
 
 class PostfixError(RuntimeError):
@@ -309,8 +301,8 @@ class PostfixInstance:
         for directory in (self.data_dir, self.mail_dir):
             directory.mkdir(mode=0o700, exist_ok=True)
             os.chown(directory, postfix.pw_uid, postfix.pw_gid)
-        _write_atomically(self.conf_dir / "main.cf", self.main_cf())
-        _write_atomically(self.conf_dir / "master.cf", self.master_cf())
+        processes.write_atomically(self.conf_dir / "main.cf", self.main_cf())
+        processes.write_atomically(self.conf_dir / "master.cf", self.master_cf())
 
     def postconf(self, name: str, expand: bool = False) -> str:
         """The value of ``name`` as this instance's Postfix sees it (``postconf -h``), with
@@ -335,7 +327,7 @@ class PostfixInstance:
     @property
     def running(self) -> bool:
         """True while the master process started by ``start()`` lives."""
-        return self._master_pid is not None and _process_alive(self._master_pid)
+        return self._master_pid is not None and processes.process_alive(self._master_pid)
 
     def start(self, timeout: float = _START_DEADLINE) -> Self:
         """Write the configuration, start the master and return once SMTP answers 220."""
@@ -343,8 +335,7 @@ class PostfixInstance:
         if self.running:
             return self
         self.write_config()
-        with _RUNNING_LOCK:
-            _RUNNING.add(self)
+        processes.started(self)
         try:
             self._postfix("start")
             self._master_pid = self._read_master_pid()
@@ -356,19 +347,18 @@ class PostfixInstance:
 
     def stop(self, timeout: float = _STOP_DEADLINE) -> None:
         """Stop the master and wait until it has exited (killing it if it does not); idempotent."""
-        with _RUNNING_LOCK:
-            _RUNNING.discard(self)
+        processes.stopped(self)
         pid = self._master_pid or self._read_master_pid()
         self._master_pid = None
-        if pid is None or not _process_alive(pid):
+        if pid is None or not processes.process_alive(pid):
             return
         with contextlib.suppress(PostfixError):
             self._postfix("stop")
-        if _wait_until(lambda: not _process_alive(pid), timeout):
+        if processes.wait_until(lambda: not processes.process_alive(pid), timeout):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        if not _wait_until(lambda: not _process_alive(pid), timeout):
+        if not processes.wait_until(lambda: not processes.process_alive(pid), timeout):
             raise PostfixError(f"{self.name}: master process {pid} survived SIGKILL")
 
     def remove(self) -> None:
@@ -383,7 +373,7 @@ class PostfixInstance:
             return
         before = self._count_log(_RELOAD_LINE)
         self._postfix("reload")
-        if not _wait_until(lambda: self._count_log(_RELOAD_LINE) > before, timeout):
+        if not processes.wait_until(lambda: self._count_log(_RELOAD_LINE) > before, timeout):
             raise PostfixError(f"{self.name}: no reload logged within {timeout:g}s{self._tail()}")
 
     def __enter__(self) -> Self:
@@ -430,7 +420,7 @@ class PostfixInstance:
 
     def wait_queue_empty(self, timeout: float = 30.0) -> None:
         """Wait until the queue is empty; raise TimeoutError listing what is left."""
-        if not _wait_until(lambda: not self.queue(), timeout):
+        if not processes.wait_until(lambda: not self.queue(), timeout):
             left = "; ".join(
                 f"{entry.queue_id} ({entry.queue_name}) to {', '.join(entry.recipients)}: "
                 f"{' / '.join(entry.reasons) or 'no delay reason'}"
@@ -462,7 +452,7 @@ class PostfixInstance:
                 found.append(match)
             return match is not None
 
-        if not _wait_until(matched, timeout):
+        if not processes.wait_until(matched, timeout):
             raise TimeoutError(
                 f"{self.name}: {pattern!r} not in the log after {timeout:g}s{self._tail()}"
             )
@@ -515,7 +505,7 @@ class PostfixInstance:
             banner[:] = [line]
             return line.startswith(b"220")
 
-        if not _wait_until(answers, timeout):
+        if not processes.wait_until(answers, timeout):
             raise PostfixError(
                 f"{self.name}: no 220 greeting on {self.address}:{self.port} within {timeout:g}s"
                 f" (last answer {banner!r}){self._tail()}"
@@ -602,7 +592,7 @@ class InternalServer(PostfixInstance):
 
     def wait_mailbox(self, mailbox: str, count: int, timeout: float = 30.0) -> list[bytes]:
         """Wait until ``mailbox`` holds ``count`` messages; return them."""
-        if not _wait_until(lambda: len(self.mailbox_messages(mailbox)) >= count, timeout):
+        if not processes.wait_until(lambda: len(self.mailbox_messages(mailbox)) >= count, timeout):
             have = len(self.mailbox_messages(mailbox))
             queue = "; ".join(
                 f"{entry.queue_id} to {', '.join(entry.recipients)}: {' / '.join(entry.reasons)}"
@@ -703,47 +693,3 @@ def _ensure_traversable_base(base_dir: Path) -> None:
                 f"{directory.stat().st_mode & 0o777:o}): the postfix user could not reach its "
                 f"queue under {base_dir}; use a base directory such as {DEFAULT_BASE_DIR}"
             )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.chmod(0o644)
-    os.replace(temporary, path)
-
-
-def _process_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie (the master is not our child, and PID 1 of a
-    container may never reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    # The state follows the parenthesised command name, which may itself contain spaces.
-    state = stat.rpartition(")")[2].split()[0]
-    return state not in ("Z", "X")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` with a growing interval until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    interval = _POLL_FIRST
-    while True:
-        if condition():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(interval, remaining))
-        interval = min(interval * 2, _POLL_MAX)
-
-
-def _stop_all() -> None:
-    with _RUNNING_LOCK:
-        instances = list(_RUNNING)
-    for instance in instances:
-        with contextlib.suppress(Exception):
-            instance.stop()
-
-
-atexit.register(_stop_all)

@@ -39,7 +39,6 @@ this process.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import grp
 import json
@@ -51,14 +50,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
+
+from mailgate.testing import processes
 
 __all__ = [
     "DEFAULT_BASE_DIR",
@@ -113,13 +112,6 @@ _START_DEADLINE = 30.0
 _STOP_DEADLINE = 20.0  # the main process gives its workers up to 16 s to finish their tasks
 _KILL_DEADLINE = 5.0
 _PING_TIMEOUT = 2.0
-_POLL_FIRST = 0.01
-_POLL_MAX = 0.2
-
-# Main processes started by this interpreter that have not been stopped yet: the atexit hook
-# stops them so that a crashed test run does not leave Rspamd running.
-_RUNNING: set[RspamdInstance] = set()
-_RUNNING_LOCK = threading.Lock()
 
 
 class RspamdError(RuntimeError):
@@ -302,14 +294,14 @@ worker "normal" {{
             directory.mkdir(mode=0o750, exist_ok=True)
             if account is not None:
                 os.chown(directory, account[0], account[1])
-        _write_atomically(self.config_path, self.rspamd_conf())
-        _write_atomically(self.tld_path, _top_level_domains(STOCK_TLD_FILE))
+        processes.write_atomically(self.config_path, self.rspamd_conf())
+        processes.write_atomically(self.tld_path, _top_level_domains(STOCK_TLD_FILE))
         for relative, text in self.config_files().items():
             path = (self.instance_dir / relative).resolve()
             if not path.is_relative_to(self.instance_dir.resolve()):
                 raise ValueError(f"{relative!r} is outside the instance directory")
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            _write_atomically(path, text)
+            processes.write_atomically(path, text)
 
     def command(self) -> list[str]:
         """The command line that runs this instance in the foreground."""
@@ -344,8 +336,7 @@ worker "normal" {{
         if self.running:
             return self
         self.write_config()
-        with _RUNNING_LOCK:
-            _RUNNING.add(self)
+        processes.started(self)
         try:
             with self.stderr_path.open("ab") as stderr:
                 self._process = subprocess.Popen(
@@ -358,7 +349,7 @@ worker "normal" {{
                     start_new_session=True,
                 )
             # In the foreground Rspamd writes no pid file: this one is for administrators.
-            _write_atomically(self.pid_path, f"{self._process.pid}\n")
+            processes.write_atomically(self.pid_path, f"{self._process.pid}\n")
             self._wait_for_pong(timeout)
         except BaseException:
             self.stop()
@@ -367,8 +358,7 @@ worker "normal" {{
 
     def stop(self, timeout: float = _STOP_DEADLINE) -> None:
         """Stop Rspamd (SIGTERM, then SIGKILL to it and its workers) and wait; idempotent."""
-        with _RUNNING_LOCK:
-            _RUNNING.discard(self)
+        processes.stopped(self)
         process, self._process = self._process, None
         if process is None:
             return
@@ -446,14 +436,14 @@ worker "normal" {{
                 )
             return self.ping()
 
-        if not _wait_until(ready, timeout):
+        if not processes.wait_until(ready, timeout):
             raise RspamdError(
                 f"{self.name}: no pong from {self.url}/ping within {timeout:g}s{self._tail()}"
             )
 
     def _tail(self, lines: int = 15) -> str:
         parts = []
-        for path, text in ((self.stderr_path, _read(self.stderr_path)),
+        for path, text in ((self.stderr_path, processes.read_text(self.stderr_path)),
                            (self.log_path, self.log())):  # fmt: skip
             last = text.splitlines()[-lines:]
             if last:
@@ -500,42 +490,3 @@ def _ensure_traversable_base(base_dir: Path) -> None:
                 f"{directory.stat().st_mode & 0o777:o}): Rspamd's account could not read its "
                 f"configuration under {base_dir}; use a base directory such as {DEFAULT_BASE_DIR}"
             )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.chmod(0o644)
-    os.replace(temporary, path)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` with a growing interval until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    interval = _POLL_FIRST
-    while True:
-        if condition():
-            return True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        time.sleep(min(interval, remaining))
-        interval = min(interval * 2, _POLL_MAX)
-
-
-def _stop_all() -> None:
-    with _RUNNING_LOCK:
-        instances = list(_RUNNING)
-    for instance in instances:
-        with contextlib.suppress(Exception):
-            instance.stop()
-
-
-atexit.register(_stop_all)
