@@ -4,6 +4,7 @@ lifetime, DSNs, recovery from the spool, hold and delete during delivery."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -273,6 +274,40 @@ def test_dead_destination_is_suspended_and_flush_lifts_it(tmp_path: Path) -> Non
         deliverer.replies["a.test"] = "sent"
         assert scheduler.flush() == 2
         await until(lambda: not scheduler.entries)
+        await scheduler.stop()
+
+    run(body)
+
+
+def test_flush_while_an_attempt_is_being_recorded_retries_right_after(tmp_path: Path) -> None:
+    # Between the end of a failed attempt and its retry timer, the scheduler writes the state
+    # file; a flush in that window must not be lost (nor wait for the backoff).
+    scheduler, deliverer, _, spool = make(
+        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
+    )
+    deliverer.replies["a.test"] = "deferred"
+    writing, release = threading.Event(), threading.Event()
+    save_state = spool.save_state
+
+    def slow_save_state(qid: str, state: dict[str, Any]) -> None:
+        writing.set()
+        assert release.wait(10)
+        save_state(qid, state)
+
+    spool.save_state = slow_save_state  # type: ignore[method-assign]
+
+    async def body() -> None:
+        env = envelope(["x@a.test"])
+        await scheduler.enqueue(env, b"m\r\n")
+        await until(writing.is_set)
+        entry = scheduler.entries[env.qid]
+        assert (entry.active, entry.timer) == (False, None)
+        assert scheduler.describe(env.qid)["state"] == "active"  # type: ignore[index]
+        deliverer.replies["a.test"] = "sent"
+        assert scheduler.flush() == 1
+        release.set()
+        await until(lambda: not scheduler.entries)
+        assert len(deliverer.sends) == 2
         await scheduler.stop()
 
     run(body)

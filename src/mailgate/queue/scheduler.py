@@ -67,6 +67,7 @@ class Entry:
     reports: list[RecipientReport] = field(default_factory=list)
     hold_requested: bool = False
     delete_requested: bool = False
+    flush_requested: bool = False
     has_state: bool = False
 
     @property
@@ -432,7 +433,8 @@ class Scheduler:
             log.info("%s: placed on hold", entry.qid)
             return
         if entry.qid in self.entries:
-            self._schedule(entry, delay)
+            self._schedule(entry, 0.0 if entry.flush_requested else delay)
+            entry.flush_requested = False
 
     async def _notify_sender(self, entry: Entry, reports: list[RecipientReport]) -> bool:
         """Queue one DSN for these failures; False if it could not be stored."""
@@ -514,6 +516,9 @@ class Scheduler:
                 entry.timer.cancel()
                 self._dispatch(entry)
                 count += 1
+            elif not entry.active:  # its last attempt is being recorded: retried right after
+                entry.flush_requested = True
+                count += 1
         return count
 
     def request_hold(self, qid: str) -> bool:
@@ -549,7 +554,9 @@ class Scheduler:
         if entry is None:
             return None
         return {
-            "state": "active" if entry.active else "deferred",
+            # As in Postfix: deferred once waiting for its next attempt; active from the moment
+            # a pass picks it up until that pass's outcome is recorded and the retry is set.
+            "state": "deferred" if entry.timer is not None else "active",
             "attempts": entry.attempts,
             "next_attempt": entry.next_attempt or None,
             "status": "".join(entry.status),
