@@ -96,16 +96,22 @@ async def _serve(host: str, port: int, control: Path) -> None:
     controller = await asyncio.start_unix_server(
         lambda reader, writer: _control(recorder, reader, writer), path=str(control)
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_on_signals()
     emit({"port": server.port, "pid": os.getpid()})
     try:
         await stopping.wait()
     finally:
         controller.close()
         await server.aclose()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets (a sink runs until its parent stops it)."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping
 
 
 def main() -> None:

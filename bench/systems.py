@@ -167,21 +167,13 @@ class Postfix:
         }
 
     def log_errors(self) -> int:
-        text = self.instance.maillog()
-        return sum(
-            1
-            for line in text.splitlines()
-            if ": warning: " in line or ": error: " in line or ": fatal: " in line
-        )
+        return postfix_log_errors(self.instance)
 
     def stop(self, keep: bool) -> None:
         if not self._started:
             return
         self._started = False
-        if keep:
-            self.instance.stop()
-        else:
-            self.instance.remove()
+        stop_postfix(self.instance, keep)
 
 
 def make_system(name: str, work_dir: Path, sink_port: int) -> SystemUnderTest:
@@ -204,3 +196,20 @@ def postfix_version() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return completed.stdout.strip() or "unknown"
+
+
+def postfix_log_errors(instance: PostfixInstance) -> int:
+    """Warnings, errors and fatal errors in a Postfix instance's log."""
+    return sum(
+        1
+        for line in instance.maillog().splitlines()
+        if ": warning: " in line or ": error: " in line or ": fatal: " in line
+    )
+
+
+def stop_postfix(instance: PostfixInstance, keep: bool) -> None:
+    """Stop the instance; remove its directories too unless ``keep``."""
+    if keep:
+        instance.stop()
+    else:
+        instance.remove()

@@ -75,13 +75,14 @@ from bench.report import median, percentile
 from bench.run import (
     RESULTS_DIR,
     SinkControl,
+    _int_list,
     check_sources,
     machine_info,
     mailgate_source,
     session_directory,
     source_fingerprint,
 )
-from bench.systems import postfix_version
+from bench.systems import postfix_log_errors, postfix_version, stop_postfix
 from mailgate.testing.gateway import GatewayProcess
 from mailgate.testing.postfix import PostfixInstance, border_gateway, free_port
 
@@ -127,16 +128,6 @@ class Plan:
     warm_pool: int
     duration: float
     warmup_connections: int
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
-    if not values or any(value <= 0 for value in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _systems(text: str) -> list[str]:
@@ -422,21 +413,13 @@ class VerifyingPostfix:
         }
 
     def log_errors(self) -> int:
-        text = self.instance.maillog()
-        return sum(
-            1
-            for line in text.splitlines()
-            if ": warning: " in line or ": error: " in line or ": fatal: " in line
-        )
+        return postfix_log_errors(self.instance)
 
     def stop(self, keep: bool) -> None:
         if not self._started:
             return
         self._started = False
-        if keep:
-            self.instance.stop()
-        else:
-            self.instance.remove()
+        stop_postfix(self.instance, keep)
 
 
 System = VerifyingMailgate | VerifyingPostfix

@@ -17,12 +17,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.proc import die_with_parent, emit, new_event_loop
+from bench.sink import stop_on_signals
 from mailgate.testing.sink import SinkServer, start_sink_server
 
 ACCEPT = "250 2.1.5 Ok"
@@ -95,10 +95,7 @@ async def _serve(host: str, port: int, control: Path, dump: Path | None) -> None
     controller = await asyncio.start_unix_server(
         lambda reader, writer: _control(counter, server, reader, writer), path=str(control)
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = stop_on_signals()
     emit({"port": server.port, "pid": os.getpid()})
     try:
         await stopping.wait()
