@@ -323,6 +323,7 @@ class Profiler:
 
     def __init__(self, pid: int, output: Path) -> None:
         self.output = output
+        output.parent.mkdir(parents=True, exist_ok=True)  # py-spy does not create it
         self.began = time.monotonic()
         argv = f"py-spy record --pid {pid} --rate {self.RATE} --nonblocking --gil --format raw"
         self.process = subprocess.Popen(

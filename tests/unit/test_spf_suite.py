@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailgate.auth.spf import SpfRecord, SpfValue, check_spf
+from mailgate.auth.spf import SpfMemo, SpfRecord, SpfResult, SpfValue, check_spf
 from mailgate.dns import DnsNotFound, DnsTempError
 
 SUITE = Path(__file__).resolve().parents[2] / ".cache" / "testdata" / "rfc7208-tests.yml"
@@ -123,20 +123,31 @@ def test_suite_is_complete() -> None:
 
 @pytest.mark.parametrize("case", _params())
 def test_rfc7208_suite(case: Case | None) -> None:
+    """Every case, then the same check again through the memo of the first: same answer."""
     if case is None:
         pytest.fail(MISSING)
     data = case.data
     expected = data["result"] if isinstance(data["result"], list) else [data["result"]]
-    result = asyncio.run(
-        check_spf(
+    memo = SpfMemo()
+    dns = ZoneDns(case.zone)
+
+    async def check() -> SpfResult:
+        return await check_spf(
             str(data["host"]),
             str(data["helo"]),
             str(data["mailfrom"]),
-            ZoneDns(case.zone),
+            dns,
             default_explanation=DEFAULT_EXPLANATION,
+            memo=memo,
         )
-    )
+
+    result = asyncio.run(check())
     where = f"{case.name} ({case.scenario}, RFC 7208 {data['spec']})"
     assert result.result in expected, f"{where}: {result}"
     if "explanation" in data:
         assert result.explanation == data["explanation"], f"{where}: {result}"
+    kept = len(memo)
+    assert asyncio.run(check()) == result, where
+    assert memo.hits == kept, f"{where}: a kept result is reused, and only a kept one"
+    if result.result == "temperror":
+        assert kept == 0, where

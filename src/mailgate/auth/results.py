@@ -50,6 +50,8 @@ _SOURCES = {
 
 def one_line(text: str, limit: int = _MAX_VALUE) -> str:
     """`text` as one line of printable ASCII, at most `limit` characters."""
+    if text.isascii() and text.isprintable():  # the usual case: nothing to replace
+        return _SPACES.sub(" ", text).strip()[:limit].rstrip()
     chars = []
     for char in text:
         if " " <= char <= "~":

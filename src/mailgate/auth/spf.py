@@ -14,6 +14,14 @@ its own DNS. Code calling pyspf directly (no context variable set) still gets py
 lookup. pyspf's own logic stays intact: its per-evaluation cache, CNAME following, the
 10-lookup and 2-void-lookup limits (RFC 7208 §4.6.4).
 
+Repeated checks (`SpfMemo`): the result of check_host() depends only on its arguments and the
+DNS answers pyspf was given. A memo keeps each recent result with the answers, in order, that
+produced it; the next check with the same client address, HELO and sender asks those same
+questions again on the loop (answered by the resolver's TTL-bound cache) and, when every answer
+is the same, returns the result without running pyspf. Any difference, or any DNS error, and
+the check runs in full. Results that a DNS error took part in, and those whose records use the
+time macro (``%{t}``), are not kept.
+
 Results are those of RFC 7208 §2.6: pass, fail, softfail, neutral, none, permerror, temperror.
 
 Security notes: every name and record comes from the sender's DNS: pyspf bounds the work
@@ -31,6 +39,7 @@ import logging
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -59,6 +68,7 @@ __all__ = [
     "LoopBridge",
     "ResolverSpfDns",
     "SpfDns",
+    "SpfMemo",
     "SpfRecord",
     "SpfResult",
     "SpfResultCode",
@@ -315,13 +325,92 @@ class LoopBridge:
                 self._pending = None
 
 
+# One question and its answer: the records, or None for NXDOMAIN.
+_Answer = tuple[str, str, tuple[SpfRecord, ...] | None]
+
+
 class _SyncSpfDns:
+    """The evaluation's DNS, on the loop through `bridge`; it notes every answer for the memo
+    (`answers`, in order) and whether any question failed (`failed`)."""
+
     def __init__(self, dns: AsyncSpfDns, bridge: LoopBridge) -> None:
         self._dns = dns
         self._bridge = bridge
+        self.answers: list[_Answer] = []
+        self.failed = False
 
     def lookup(self, name: str, rtype: str) -> list[SpfRecord]:
-        return self._bridge.call(f"{name} {rtype}", lambda: self._dns.lookup(name, rtype))
+        try:
+            records = self._bridge.call(f"{name} {rtype}", lambda: self._dns.lookup(name, rtype))
+        except DnsNotFound:
+            self.answers.append((name, rtype, None))
+            raise
+        except BaseException:
+            self.failed = True
+            raise
+        self.answers.append((name, rtype, tuple(records)))
+        return records
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    result: SpfResult
+    answers: tuple[_Answer, ...]
+
+
+_MemoKey = tuple[str, str, str, str | None]
+
+
+def _uses_time_macro(answers: tuple[_Answer, ...]) -> bool:
+    for _name, rtype, records in answers:
+        if rtype in ("TXT", "SPF") and records:
+            for record in records:
+                if any(b"%{t" in s.lower() for s in record.value if isinstance(s, bytes)):
+                    return True
+    return False
+
+
+class SpfMemo:
+    """Recent SPF results with the DNS answers each came from (see the module notes); at most
+    `size` of them, the least recently used go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._memos: OrderedDict[_MemoKey, _Memo] = OrderedDict()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._memos)
+
+    def _put(self, key: _MemoKey, result: SpfResult, dns: _SyncSpfDns) -> None:
+        answers = tuple(dns.answers)
+        if dns.failed or result.result == "temperror" or _uses_time_macro(answers):
+            self._memos.pop(key, None)
+            return
+        self._memos[key] = _Memo(result, answers)
+        self._memos.move_to_end(key)
+        while len(self._memos) > self._size:
+            self._memos.popitem(last=False)
+
+    async def _recall(self, key: _MemoKey, dns: AsyncSpfDns, time_limit: float) -> SpfResult | None:
+        """The kept result, if every answer it came from is still the same."""
+        memo = self._memos.get(key)
+        if memo is None:
+            return None
+        try:
+            async with asyncio.timeout(time_limit):
+                for name, rtype, answer in memo.answers:
+                    try:
+                        now: tuple[SpfRecord, ...] | None = tuple(await dns.lookup(name, rtype))
+                    except DnsNotFound:
+                        now = None
+                    if now != answer:
+                        return None
+        except (DnsError, TimeoutError):
+            return None
+        self._memos.move_to_end(key)
+        self.hits += 1
+        return memo.result
 
 
 async def run_with_loop_dns(func: Callable[[LoopBridge], T], *, time_limit: float) -> T:
@@ -349,25 +438,37 @@ async def check_spf(
     *,
     time_limit: float = DEFAULT_TIME_LIMIT,
     default_explanation: str | None = None,
+    memo: SpfMemo | None = None,
 ) -> SpfResult:
     """check_host() (RFC 7208 §4) for a client `ip` that said HELO `helo` and MAIL FROM
     `sender` ("" for the null reverse-path: the HELO identity is checked, RFC 7208 §2.4).
 
     Never raises for DNS trouble: temporary failures, and the elapsed-time limit `time_limit`
-    (RFC 7208 §4.6.4), give temperror.
+    (RFC 7208 §4.6.4), give temperror. With a `memo`, a result whose DNS answers have not
+    changed since is reused (see the module notes).
     """
+    key: _MemoKey = (ip, helo, sender, default_explanation)
+    if memo is not None:
+        kept = await memo._recall(key, dns, time_limit)
+        if kept is not None:
+            return kept
 
-    def run(bridge: LoopBridge) -> SpfResult:
-        return evaluate_spf(
+    def run(bridge: LoopBridge) -> tuple[SpfResult, _SyncSpfDns]:
+        sync_dns = _SyncSpfDns(dns, bridge)
+        result = evaluate_spf(
             ip,
             helo,
             sender,
-            _SyncSpfDns(dns, bridge),
+            sync_dns,
             time_limit=time_limit,
             default_explanation=default_explanation,
         )
+        return result, sync_dns
 
-    return await run_with_loop_dns(run, time_limit=time_limit)
+    result, used = await run_with_loop_dns(run, time_limit=time_limit)
+    if memo is not None:
+        memo._put(key, result, used)
+    return result
 
 
 # -- mailgate's DNS for SPF -----------------------------------------------------------------

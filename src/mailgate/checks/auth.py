@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import email.utils
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from email.parser import BytesHeaderParser
@@ -46,7 +47,7 @@ from typing import Protocol
 from mailgate.auth.dkim import DkimSignatureResult, TxtDns, verify_dkim
 from mailgate.auth.dmarc import DmarcResult, check_dmarc
 from mailgate.auth.results import HEADER, authentication_results, one_line
-from mailgate.auth.spf import AsyncSpfDns, SpfResult, check_spf
+from mailgate.auth.spf import AsyncSpfDns, SpfMemo, SpfResult, check_spf
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
 
 __all__ = ["MAX_FROM_DOMAINS", "AuthCheck", "AuthDns", "from_domains"]
@@ -85,18 +86,24 @@ def from_domains(content: bytes) -> tuple[list[str], str]:
     headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_section(content))
     domains: list[str] = []
     for raw in headers.get_all("From") or []:
-        text = str(raw)
-        found = [_domain_of(address) for _name, address in email.utils.getaddresses([text])]
-        try:
-            parsed = email.policy.default.header_factory("From", text)
-            found += [str(a.domain).lower() for a in getattr(parsed, "addresses", ())]
-        except Exception as exc:  # a header the strict parser cannot read: keep the other's
-            log.debug("From header not parsed: %r", exc)
-        for domain in found:
-            if domain and domain not in domains:
+        for domain in _from_field_domains(str(raw)):
+            if domain not in domains:
                 domains.append(domain)
     message_id = str(headers.get("Message-ID", "") or "")
     return domains, one_line(message_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_field_domains(text: str) -> tuple[str, ...]:
+    """The domains one From field names, by both parsers (the strict one is the costly part,
+    and the same From comes back message after message: hence the cache)."""
+    found = [_domain_of(address) for _name, address in email.utils.getaddresses([text])]
+    try:
+        parsed = email.policy.default.header_factory("From", text)
+        found += [str(a.domain).lower() for a in getattr(parsed, "addresses", ())]
+    except Exception as exc:  # a header the strict parser cannot read: keep the other's
+        log.debug("From header not parsed: %r", exc)
+    return tuple(dict.fromkeys(d for d in found if d))
 
 
 def _dmarc_rank(result: DmarcResult) -> int:
@@ -129,6 +136,7 @@ class AuthCheck:
         self._dns_factory = dns_factory
         self._spf_time_limit = spf_time_limit
         self._dkim_time_limit = dkim_time_limit
+        self.spf_memo = SpfMemo()
 
     async def scan(self, ctx: ScanContext) -> CheckResult:
         try:
@@ -153,6 +161,7 @@ class AuthCheck:
                 ctx.envelope.sender,
                 dns,
                 time_limit=self._spf_time_limit,
+                memo=self.spf_memo,
             )
 
         async def run_dkim() -> tuple[DkimSignatureResult, ...] | None:

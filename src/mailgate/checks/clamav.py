@@ -254,4 +254,6 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
     return "".join(char if char.isprintable() else "?" for char in text)

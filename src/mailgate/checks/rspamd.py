@@ -229,6 +229,8 @@ def _error_text(body: bytes) -> str:
 
 def _printable(text: str) -> str:
     """One line of printable ASCII: header values and log details come from the other side."""
+    if text.isascii() and text.isprintable():
+        return text.strip()
     return "".join(c if c.isascii() and c.isprintable() else "?" for c in text).strip()
 
 
@@ -236,7 +238,7 @@ def _header_value(value: str | None) -> str | None:
     if value is None:
         return None
     # A request header is one line: a CR or LF would start another header (or the body).
-    clean = "".join(c for c in value if c.isprintable()).strip()
+    clean = (value if value.isprintable() else "".join(c for c in value if c.isprintable())).strip()
     return clean if clean.isascii() else None
 
 

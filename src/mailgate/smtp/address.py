@@ -228,5 +228,7 @@ def literal_address(domain: str) -> str | None:
 
 def printable(text: str, limit: int = 200) -> str:
     """Make client-supplied text safe to echo in a reply or a log line."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else "?" for ch in head)
+    return head + ("..." if len(text) > limit else "")
