@@ -40,6 +40,7 @@ __all__ = [
     "DkimResultCode",
     "DkimSignatureResult",
     "TxtDns",
+    "is_signed",
     "verify_dkim",
 ]
 
@@ -96,7 +97,7 @@ def _tags(header_value: bytes) -> dict[bytes, bytes]:
     return tags
 
 
-def _signed(message: bytes) -> bool:
+def is_signed(message: bytes) -> bool:
     """Whether the header section has a DKIM-Signature field."""
     end = message.find(b"\r\n\r\n")
     return _SIGNATURE_HEADER.search(message, 0, end if end >= 0 else len(message)) is not None
@@ -123,7 +124,7 @@ class _Verifier:
         return records[0].encode("utf-8") if records else None
 
     def run(self, max_signatures: int) -> tuple[DkimSignatureResult, ...]:
-        if not _signed(self._message):
+        if not is_signed(self._message):
             return ()
         try:
             checker = dkim.DKIM(self._message, logger=log, minkey=self._minkey)
@@ -205,7 +206,7 @@ async def verify_dkim(
     message's or the DNS's sake.
     """
 
-    if not _signed(message):
+    if not is_signed(message):
         return ()  # the common unsigned case, without a worker thread
 
     def run(bridge: LoopBridge) -> tuple[DkimSignatureResult, ...]:

@@ -28,6 +28,7 @@ their defaults (RFC 7489 §6.3).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -111,6 +112,7 @@ def _valid_rua(value: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=1024)  # a record is immutable; the same few come back all day
 def parse_record(text: str) -> DmarcRecord:
     """Parse a DMARC record; raise DmarcRecordError when it cannot be used.
 
@@ -149,6 +151,7 @@ def _public_suffix_list() -> PublicSuffixList:
         return _psl
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
     """Lowercase A-label form without trailing dot; ValueError for what is not a domain."""
     text = ascii_name(domain).lower()
@@ -157,6 +160,7 @@ def normalize_domain(domain: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (the domain itself if it is a suffix)."""
     name = normalize_domain(domain)

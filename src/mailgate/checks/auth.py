@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from email.parser import BytesHeaderParser
 from typing import Protocol
 
-from mailgate.auth.dkim import DkimSignatureResult, TxtDns, verify_dkim
+from mailgate.auth.dkim import DkimSignatureResult, TxtDns, is_signed, verify_dkim
 from mailgate.auth.dmarc import DmarcResult, check_dmarc
 from mailgate.auth.results import HEADER, authentication_results, one_line
 from mailgate.auth.spf import AsyncSpfDns, SpfMemo, SpfResult, check_spf
@@ -169,7 +169,10 @@ class AuthCheck:
                 return None
             return await verify_dkim(ctx.content, dns, time_limit=self._dkim_time_limit)
 
-        spf, dkim = await asyncio.gather(run_spf(), run_dkim())
+        if services.use_dkim and is_signed(ctx.content):
+            spf, dkim = await asyncio.gather(run_spf(), run_dkim())
+        else:  # nothing to verify: no second task
+            spf, dkim = await run_spf(), (() if services.use_dkim else None)
 
         dmarc: list[DmarcResult] = []
         if services.use_dmarc:
@@ -177,14 +180,11 @@ class AuthCheck:
             if len(domains) > MAX_FROM_DOMAINS:
                 domains = []  # an absurd From: treated like a missing one (permerror)
             targets: Sequence[str | None] = domains or [None]
-            dmarc = list(
-                await asyncio.gather(
-                    *(
-                        check_dmarc(d, dns, spf=spf, dkim=dkim or (), message_id=message_id)
-                        for d in targets
-                    )
-                )
-            )
+            checks = [
+                check_dmarc(d, dns, spf=spf, dkim=dkim or (), message_id=message_id)
+                for d in targets
+            ]
+            dmarc = [await checks[0]] if len(checks) == 1 else list(await asyncio.gather(*checks))
 
         verdict = _verdict(spf, dmarc)
         header = authentication_results(
