@@ -244,6 +244,28 @@ class Connection:
 Record = tuple[int, float, float, int]  # index, MAIL sent, final reply, final code
 
 
+class Pacer:
+    """Offered load at ``rate`` messages per second over all connections: the n-th message
+    may start at ``n / rate`` seconds after the first (never earlier; a late one starts at
+    once). A rate of 0 sends as fast as the server accepts."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.began: float | None = None
+        self.sent = 0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self.began is None:
+            self.began = now
+        slot = self.began + self.sent * self.interval
+        self.sent += 1
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 async def run_phase(
     connections: list[Connection],
     message: Message,
@@ -251,11 +273,15 @@ async def run_phase(
     indices: Iterator[int],
     records: list[Record],
     errors: list[str],
+    pacer: Pacer | None = None,
 ) -> None:
-    """Every connection sends the next message of ``indices`` until there is none left."""
+    """Every connection sends the next message of ``indices`` until there is none left (at
+    the pace of ``pacer``, if given)."""
 
     async def worker(connection: Connection) -> None:
         for index in indices:
+            if pacer is not None:
+                await pacer.wait()
             content = message.content(tag, index)
             started = time.monotonic()
             try:
@@ -311,7 +337,9 @@ async def _main(arguments: argparse.Namespace) -> None:
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.monotonic()
     indices = iter(range(arguments.first, arguments.first + arguments.count))
-    await run_phase(connections, message, arguments.tag, indices, records, errors)
+    await run_phase(
+        connections, message, arguments.tag, indices, records, errors, Pacer(arguments.rate)
+    )
     ended = time.monotonic()
     usage_after = resource.getrusage(resource.RUSAGE_SELF)
     await asyncio.gather(*(connection.quit() for connection in connections))
@@ -345,6 +373,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, required=True, help="body size in bytes")
     parser.add_argument("--tag", required=True, help="Message-ID prefix of this run")
     parser.add_argument("--timeout", type=float, default=120.0, help="per reply, seconds")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="messages per second (0: as fast as accepted)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     arguments = parser.parse_args()
     die_with_parent()

@@ -70,6 +70,7 @@ class Scenario:
     size: int
     concurrency: int
     messages: int
+    rate: float = 0.0  # offered messages per second over all connections; 0: unpaced
 
 
 def _int_list(text: str) -> list[int]:
@@ -453,6 +454,7 @@ def run_one(
             "--size": scenario.size,
             "--tag": tag,
             "--out": out,
+            "--rate": scenario.rate * count / scenario.messages,  # this generator's share
         }
         argv = ["-m", "bench.loadgen", *(str(part) for pair in options.items() for part in pair)]
         child = Child(f"loadgen-{index}", argv, run_dir / f"loadgen-{index}.stderr")
@@ -494,6 +496,7 @@ def run_one(
         "system": system_name,
         "size": scenario.size,
         "concurrency": concurrency,
+        "offered_per_s": scenario.rate or None,  # None: as fast as accepted
         "message_bytes": results[0]["message_bytes"],
         **measured,
         "drained": drained,

@@ -39,6 +39,7 @@ import binascii
 import codecs
 import email.parser
 import email.policy
+import functools
 import re
 import unicodedata
 import urllib.parse
@@ -679,6 +680,7 @@ def _uudecode(raw: bytes) -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function; the same From comes back all day
 def _first_mailbox(value: str) -> tuple[str | None, int]:
     """The first mailbox of a From field (RFC 5322 section 3.4) as "local@domain" with the
     domain lowercase, or None if it cannot be read; and how many mailboxes there are.
