@@ -74,15 +74,21 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     own time plus that of its children that exited and were reaped (cutime, cstime). The
     difference of two calls is what the system used in between, short-lived processes included.
     """
-    total = 0
+    return sum(tree_cpu_split(roots))
+
+
+def tree_cpu_split(roots: Iterable[int]) -> tuple[float, float]:
+    """`tree_cpu_seconds` as (user, system) seconds."""
+    user = system = 0
     for pid in descendants(roots):
         text = _read(f"/proc/{pid}/stat")
         if text is None:
             continue
         fields = text[text.rfind(b")") + 2 :].split()
         # Fields 14-17 of proc(5) (utime, stime, cutime, cstime); fields here start at 3.
-        total += sum(int(value) for value in fields[11:15])
-    return total / _TICKS
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / _TICKS, system / _TICKS
 
 
 _FIELDS = (b"Rss", b"Pss", b"Pss_Anon", b"Pss_File")

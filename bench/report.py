@@ -122,6 +122,12 @@ def summarise(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
                 "peak_pss_anon_kib": max(run["peak_pss_anon_kib"] for run in good),
                 "peak_rss_kib": max(run["peak_rss_kib"] for run in good),
                 "cpu_ms_per_message": median([run["cpu_ms_per_message"] for run in good]),
+                "cpu_user_ms_per_message": median(
+                    [run.get("cpu_user_ms_per_message", math.nan) for run in good]
+                ),
+                "cpu_system_ms_per_message": median(
+                    [run.get("cpu_system_ms_per_message", math.nan) for run in good]
+                ),
                 "accepted": sum(run["accepted"] for run in good),
                 "lost": sum(run["lost"] for run in good),
                 "duplicated": sum(run["duplicated"] for run in good),
@@ -195,7 +201,7 @@ def markdown(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any
     """The result rows (see :func:`summarise`) and the ratios as Markdown tables."""
     lines = [
         "| size | conns | system | accepted msg/s | e2e msg/s | p50 ms | p99 ms "
-        "| peak PSS MiB (anon) | procs | CPU ms/msg | lost | dup | gen CPU |",
+        "| peak PSS MiB (anon) | procs | CPU ms/msg (user+sys) | lost | dup | gen CPU |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in rows:
@@ -212,7 +218,8 @@ def markdown(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any
             f"| {_num(latency['p50'], 1)} | {_num(latency['p99'], 1)} "
             f"| {_num(run['peak_pss_kib'] / 1024, 1)} ({_num(run['peak_pss_anon_kib'] / 1024, 1)})"
             f" | {run['peak_processes']} "
-            f"| {_num(run['cpu_ms_per_message'], 2)} "
+            f"| {_num(run['cpu_ms_per_message'], 2)} ({_num(run['cpu_user_ms_per_message'], 2)}+"
+            f"{_num(run['cpu_system_ms_per_message'], 2)}) "
             f"| {run['lost']} | {run['duplicated']} "
             f"| {_num(100 * max(run['generator_cpu'], default=math.nan))}% |"
         )

@@ -47,7 +47,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report
-from bench.memory import PssSampler, tree_cpu_seconds
+from bench.memory import PssSampler, tree_cpu_seconds, tree_cpu_split
 from bench.proc import Child
 from bench.systems import SINK_HOST, SystemUnderTest, make_system, postfix_version
 
@@ -474,7 +474,7 @@ def run_one(
     sampler = PssSampler(system.roots, arguments.pss_interval).start()
     stack.callback(sampler.stop)
     probed = probe(system) if probe is not None else None
-    cpu_before = tree_cpu_seconds(system.roots())
+    cpu_before = tree_cpu_split(system.roots())
     sink_cpu_before = tree_cpu_seconds([sink.pid])
     for child, _ in children:
         child.send("go")
@@ -484,7 +484,11 @@ def run_one(
     records = [record for result in results for record in result["records"]]
     accepted = sum(1 for record in records if record[3] == 250)
     drained = control.wait(tag, accepted, arguments.drain_timeout)
-    cpu = tree_cpu_seconds(system.roots()) - cpu_before
+    cpu_after = tree_cpu_split(system.roots())
+    user_cpu, system_cpu = (
+        after - before for after, before in zip(cpu_after, cpu_before, strict=True)
+    )
+    cpu = user_cpu + system_cpu
     sink_cpu = tree_cpu_seconds([sink.pid]) - sink_cpu_before
     extra = probed() if probed is not None else {}
     memory = sampler.stop()
@@ -512,6 +516,8 @@ def run_one(
         # From GO until the last accepted message reached the sink (or the drain timeout).
         "cpu_seconds": round(cpu, 2),
         "cpu_ms_per_message": 1000 * cpu / accepted if accepted else math.nan,
+        "cpu_user_ms_per_message": 1000 * user_cpu / accepted if accepted else math.nan,
+        "cpu_system_ms_per_message": 1000 * system_cpu / accepted if accepted else math.nan,
         "sink_cpu_seconds": round(sink_cpu, 2),
         "generators": len(children),
         "generator_cpu": [

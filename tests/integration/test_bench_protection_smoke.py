@@ -28,7 +28,7 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert os.geteuid() == 0, "Rspamd drops to its own account: run as root"
     stdout, document = run_quick("bench.protection", tmp_path / "protection.json", timeout=240)
     runs = {run["system"]: run for run in document["runs"]}
-    assert sorted(runs) == ["all", "core"]
+    assert sorted(runs) == ["all", "core", "core-paced"]
     for system, run in runs.items():
         assert "error" not in run, f"{system}: {run.get('error')}"
         assert run["problems"] == [], f"{system}: {run['problems']}"
@@ -40,7 +40,14 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
 
     # The core path scans nothing; with all modules on, each scanned each message as clean.
     assert runs["core"]["scan"] == {}
+    assert runs["core-paced"]["scan"] == {}
     full = runs["all"]
+    # The core path again, offered the messages at the rate the modules allowed, and held to
+    # it: n messages paced at r per second take at least (n - 1) / r seconds.
+    paced = runs["core-paced"]
+    assert runs["core"]["offered_per_s"] is None
+    assert paced["offered_per_s"] == full["accepted_per_s"]
+    assert paced["accepted_per_s"] <= paced["offered_per_s"] * QUICK_MESSAGES / (QUICK_MESSAGES - 1)
     assert full["scan"] == {module: {"clean": QUICK_MESSAGES} for module in MODULES}
     log = full["message_log"]
     assert log["records"] == QUICK_MESSAGES
@@ -54,7 +61,15 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert full["dns_queries"].get("_dmarc.bench.test TXT", 0) <= 1
 
     assert len(document["comparisons"]) == 1
+    [comparison] = document["comparisons"]
+    assert comparison["overhead_ms_per_message"] == (
+        full["cpu_ms_per_message"] - paced["cpu_ms_per_message"]
+    )
+    assert comparison["overhead_vs_unpaced_core_ms_per_message"] == (
+        full["cpu_ms_per_message"] - runs["core"]["cpu_ms_per_message"]
+    )
     assert document["method"].startswith("overhead = CPU ms/msg")
     assert "| all |" in stdout
     assert "| core |" in stdout
+    assert "| core-paced |" in stdout
     assert "overhead ms/msg" in stdout
