@@ -48,6 +48,7 @@ class MessageLog:
         self._queue: SimpleQueue[tuple[str, dict[str, Any]] | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._flushed = threading.Event()
+        self._wake = threading.Event()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -66,7 +67,12 @@ class MessageLog:
         })  # fmt: skip
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
+        # The writer sleeps between batches, so a record wakes no thread (a wake-up per
+        # message, and the GIL hand-offs it brings, cost more than the insert itself);
+        # only a full batch calls it early.
         self._queue.put((kind, row))
+        if self._queue.qsize() >= BATCH:
+            self._wake.set()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mailgate-tracking",
                                             daemon=True)  # fmt: skip
@@ -75,11 +81,12 @@ class MessageLog:
     def _run(self) -> None:
         running = True
         while running:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
             batch: list[tuple[str, dict[str, Any]]] = []
-            deadline = time.monotonic() + FLUSH_INTERVAL
             while len(batch) < BATCH:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except Empty:
                     break
                 if item is None:
@@ -88,6 +95,8 @@ class MessageLog:
                 batch.append(item)
             if batch:
                 self._write(batch)
+            if len(batch) >= BATCH:
+                self._wake.set()  # more may be waiting
             self._flushed.set()
 
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
@@ -106,12 +115,19 @@ class MessageLog:
         """Wait until what was recorded so far is written (tests, shutdown)."""
         if self._thread is None:
             return
-        self._flushed.clear()
-        self._flushed.wait(timeout)
+        deadline = time.monotonic() + timeout
+        # Two writer cycles: the second began after this call, so it took every record
+        # made before it.
+        for _ in range(2):
+            self._flushed.clear()
+            self._wake.set()
+            if not self._flushed.wait(max(0.0, deadline - time.monotonic())):
+                return
 
     def close(self) -> None:
         if self._thread is not None:
             self._queue.put(None)
+            self._wake.set()
             self._thread.join(30)
             self._thread = None
 

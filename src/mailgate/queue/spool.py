@@ -18,6 +18,7 @@ already delivered may be delivered again (a duplicate), never that a message is 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from mailgate.types import Envelope
@@ -34,6 +35,7 @@ from mailgate.types import Envelope
 MAGIC = b"MAILGATE-QUEUE 1\n"
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: queue ids never spell words
 _DIRS = ("incoming", "queue", "hold", "state")
+_REMOVAL_BATCH_DELAY = 0.01  # seconds a delivered message's files may outlive its delivery
 
 
 class SpoolError(OSError):
@@ -195,12 +197,20 @@ class Spool:
             self._remover.start()
 
     def _remove_loop(self) -> None:
+        # Wakes for the first removal, then lets more gather: one wake-up (and GIL hand-off)
+        # per batch rather than per delivered message.
         while True:
-            item = self._removals.get()
-            if item is None:
+            batch = [self._removals.get()]
+            time.sleep(_REMOVAL_BATCH_DELAY)
+            with contextlib.suppress(Empty):
+                while True:
+                    batch.append(self._removals.get_nowait())
+            for item in batch:
+                if item is not None:
+                    qid, state = item
+                    self.remove(qid, state=state, held=False)
+            if None in batch:
                 return
-            qid, state = item
-            self.remove(qid, state=state, held=False)
 
     def close(self) -> None:
         """Finish pending removals."""
