@@ -129,7 +129,7 @@ def test_delivered_message_is_removed(tmp_path: Path) -> None:
         env = envelope(["x@a.test", "y@b.test"])
         await scheduler.enqueue(env, b"Subject: s\r\n\r\nx\r\n")
         await until(lambda: not scheduler.entries)
-        await until(lambda: spool.ids() == [])  # its files go in the remover's next batch
+        await until(lambda: spool.ids() == [])  # the remover thread deletes its files
         assert sorted(i for _, idx in deliverer.sends for i in idx) == [0, 1]
         await scheduler.stop()
 

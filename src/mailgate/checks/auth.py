@@ -65,12 +65,11 @@ class AuthDns(AsyncSpfDns, TxtDns, Protocol):
 
 
 def _header_section(content: bytes) -> bytes:
-    head = content[:_MAX_HEADER_SECTION]
     for separator in (b"\r\n\r\n", b"\n\n"):
-        end = head.find(separator)
+        end = content.find(separator, 0, _MAX_HEADER_SECTION)
         if end >= 0:
-            return head[: end + len(separator)]
-    return head
+            return content[: end + len(separator)]
+    return content[:_MAX_HEADER_SECTION]
 
 
 def _domain_of(address: str) -> str:

@@ -159,7 +159,7 @@ async def _instream(endpoint: str, content: bytes) -> str:
             for start in range(0, len(data), CHUNK_SIZE):
                 chunk = data[start : start + CHUNK_SIZE]
                 end = _END if start + CHUNK_SIZE >= len(data) else b""
-                await loop.sock_sendall(sock, command + _LENGTH.pack(len(chunk)) + chunk + end)
+                await _send(loop, sock, [command, _LENGTH.pack(len(chunk)), chunk, end])
                 command = b""
             if command:  # an empty message: no chunk at all
                 await loop.sock_sendall(sock, command + _END)
@@ -175,6 +175,20 @@ async def _instream(endpoint: str, content: bytes) -> str:
         return await _read_reply(sock)
     finally:
         sock.close()
+
+
+async def _send(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, parts: list[bytes | memoryview]
+) -> None:
+    """Send ``parts`` as one stream: one sendmsg (no copy into a joined buffer) when the
+    socket takes it all at once, as a local socket does a chunk; the rest otherwise."""
+    try:
+        sent = sock.sendmsg([part for part in parts if len(part)])
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    rest = b"".join(parts)[sent:] if sent < sum(len(part) for part in parts) else b""
+    if rest:
+        await loop.sock_sendall(sock, rest)
 
 
 async def _connect(endpoint: str) -> socket.socket:

@@ -35,7 +35,6 @@ from mailgate.types import Envelope
 MAGIC = b"MAILGATE-QUEUE 1\n"
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: queue ids never spell words
 _DIRS = ("incoming", "queue", "hold", "state")
-_REMOVAL_BATCH_DELAY = 0.01  # seconds a delivered message's files may outlive its delivery
 
 
 class SpoolError(OSError):
@@ -197,11 +196,10 @@ class Spool:
             self._remover.start()
 
     def _remove_loop(self) -> None:
-        # Wakes for the first removal, then lets more gather: one wake-up (and GIL hand-off)
-        # per batch rather than per delivered message.
+        # Wakes for the first removal and takes every other one waiting: under load, one
+        # wake-up (and GIL hand-off) per batch rather than per delivered message.
         while True:
             batch = [self._removals.get()]
-            time.sleep(_REMOVAL_BATCH_DELAY)
             with contextlib.suppress(Empty):
                 while True:
                     batch.append(self._removals.get_nowait())
