@@ -291,7 +291,8 @@ class Gateway:
             return {"revision": await self.reload()}
 
         async def queue_list(_: dict[str, Any]) -> Any:
-            return [item.to_json() for item in queue.list()]
+            stored = await asyncio.get_running_loop().run_in_executor(self.executor, queue.read)
+            return [item.to_json() for item in queue.items(stored)]
 
         async def queue_show(request: dict[str, Any]) -> Any:
             item, content = queue.show(str(request["qid"]))

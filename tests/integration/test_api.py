@@ -6,6 +6,7 @@ bearer tokens."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi.routing import iter_route_contexts
 
 from mailgate.cli.main import cli
 from mailgate.testing.sink import Sink
+from mailgate.types import Envelope
 from tests.conftest import INTERNAL_IP, Gateway, free_port, wait_until
 
 PASSWORD = "correct horse battery"
@@ -418,6 +420,28 @@ def test_queue_hold_release_delete_and_flush(
     wait_until(lambda: ok(admin.get("/queue")) == [], what="an empty queue")
     actions = [e["action"] for e in ok(admin.get("/audit?limit=10"))]
     assert {"queue.hold", "queue.release", "queue.delete", "queue.flush"} <= set(actions)
+
+
+def test_queue_listing_reads_the_spool_off_the_event_loop(
+    gw: Gateway, admin: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long queue must not hold up SMTP sessions while it is listed: the files are read in
+    a worker thread, not on the thread that runs the event loop."""
+    assert gw.gateway is not None
+    spool = gw.gateway.queue.spool
+    readers: list[str] = []
+    original = spool.read_envelope
+
+    def recording(qid: str, where: str = "queue") -> Envelope:
+        readers.append(threading.current_thread().name)
+        return original(qid, where)
+
+    monkeypatch.setattr(spool, "read_envelope", recording)
+    send(gw, message("listed"), "bob@deferred.example")
+    (item,) = deferred(admin)
+    assert item["state"] == "deferred"
+    assert readers
+    assert "mailgate-gateway" not in readers, readers  # the thread of GatewayThread's loop
 
 
 def test_verification_show_test_and_flush(gw: Gateway, admin: httpx.Client) -> None:

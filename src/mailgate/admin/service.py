@@ -85,8 +85,10 @@ class Admin:
 
     # -- queue -----------------------------------------------------------------------------
 
-    def queue_list(self) -> list[dict[str, Any]]:
-        return [item.to_json() for item in self.gateway.queue.list()]
+    async def queue_list(self) -> list[dict[str, Any]]:
+        """The queue, oldest first; its files are read in a worker thread."""
+        queue = self.gateway.queue
+        return [item.to_json() for item in queue.items(await self._run(queue.read))]
 
     def queue_show(self, qid: str) -> tuple[dict[str, Any], bytes]:
         item, content = self.gateway.queue.show(qid)

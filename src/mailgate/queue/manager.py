@@ -4,15 +4,21 @@ postqueue/postsuper).
 With the server running, operations go through its scheduler so that a message in delivery is
 never moved under it (the CLI reaches them over the control socket). With the server stopped,
 they act on the spool files directly.
+
+Listing reads one file or two per message: the server does that part in a worker thread
+(`read`) and only joins the scheduler's live state on the event loop (`items`), so a long
+queue never holds up SMTP sessions.
 """
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mailgate.queue.scheduler import Scheduler
 from mailgate.queue.spool import Spool, valid_queue_id
+from mailgate.types import Envelope
 
 
 @dataclass(slots=True)
@@ -34,6 +40,16 @@ class QueueError(LookupError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """What the spool's files say of one message: its envelope and its delivery state."""
+
+    qid: str
+    where: str  # queue | hold
+    envelope: Envelope
+    state: dict[str, Any]
+
+
 class QueueManager:
     def __init__(self, spool: Spool, scheduler: Scheduler | None = None) -> None:
         self.spool = spool
@@ -48,19 +64,31 @@ class QueueManager:
         return where
 
     def list(self) -> list[QueueItem]:
-        items = []
+        return self.items(self.read())
+
+    def read(self) -> builtins.list[StoredItem]:
+        """Every message in the queue and on hold, as its files say. Blocking, and safe in a
+        worker thread: it touches only the spool."""
+        stored = []
         for where in ("queue", "hold"):
             for qid in self.spool.ids(where):
                 try:
-                    items.append(self._item(qid, where))
+                    stored.append(self._read(qid, where))
                 except (OSError, ValueError):
                     continue  # delivered or moved while listing
-        return sorted(items, key=lambda item: item.arrival)
+        return stored
 
-    def _item(self, qid: str, where: str) -> QueueItem:
+    def items(self, stored: builtins.list[StoredItem]) -> builtins.list[QueueItem]:
+        """The listing, oldest first, with the scheduler's live state (on the event loop)."""
+        return sorted((self._item(item) for item in stored), key=lambda item: item.arrival)
+
+    def _read(self, qid: str, where: str) -> StoredItem:
         envelope = self.spool.read_envelope(qid, where)
+        return StoredItem(qid, where, envelope, self.spool.load_state(qid) or {})
+
+    def _item(self, stored: StoredItem) -> QueueItem:
+        qid, where, envelope, state_data = stored.qid, stored.where, stored.envelope, stored.state
         live = self.scheduler.describe(qid) if self.scheduler and where == "queue" else None
-        state_data = self.spool.load_state(qid) or {}
         status = (live or state_data).get("status") or "P" * len(envelope.recipients)
         reasons: dict[str, Any] = {}
         if live:
@@ -98,7 +126,8 @@ class QueueManager:
     def show(self, qid: str) -> tuple[QueueItem, bytes]:
         where = self._check(qid)
         stored = self.spool.load(qid, where)
-        return self._item(qid, where), stored.envelope.prepend.encode() + stored.content
+        item = self._item(StoredItem(qid, where, stored.envelope, self.spool.load_state(qid) or {}))
+        return item, stored.envelope.prepend.encode() + stored.content
 
     def hold(self, qid: str) -> str:
         where = self._check(qid)

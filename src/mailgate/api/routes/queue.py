@@ -45,7 +45,7 @@ class QueuedMessage(BaseModel):
 
 @router.get("", summary="The queued messages, oldest first")
 async def list_queue(admin: AdminOf, _: Reader) -> list[QueueItem]:
-    return [QueueItem.model_validate(item) for item in admin.queue_list()]
+    return [QueueItem.model_validate(item) for item in await admin.queue_list()]
 
 
 @router.get("/{qid}", summary="One queued message with its content", responses=NOT_FOUND)

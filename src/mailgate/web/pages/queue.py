@@ -29,7 +29,7 @@ def _matches(item: dict[str, Any], needle: str) -> bool:
 async def queue(request: Request) -> Response:
     ctx = await viewer(request)
     needle = request.query_params.get("q", "").strip()
-    items = ctx.admin.queue_list()
+    items = await ctx.admin.queue_list()
     shown = [i for i in items if _matches(i, needle)]
     return render(
         ctx, "queue.html", title="Queue", section="queue", items=shown, q=needle, total=len(items)
