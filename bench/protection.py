@@ -11,7 +11,8 @@ Systems (``--systems``, default all three):
 * ``core``: mailgate as :class:`bench.systems.Mailgate` configures it: every module off
   (``protection.external_services`` all false), i.e. the relay path without scanning;
 * ``all``: the same with all five modules on: Anti-Virus (a private clamd with the EICAR
-  signature only), Anti-Spam (a private, offline Rspamd), Content Filtering and Anti-Phishing
+  signature only), Anti-Spam (a private, offline Rspamd; both asked over their Unix sockets, as
+  on one host), Content Filtering and Anti-Phishing
   (in-process), Mail Authentication (SPF, DKIM, DMARC, with real DNS lookups to a local DNS
   server that publishes SPF and DMARC records for the load's sender domain, so every message
   passes SPF from 127.0.0.100 and DMARC by SPF alignment; mailgate's resolver keeps each
@@ -271,6 +272,11 @@ class Engines:
         assert self.rspamd is not None
         return self.rspamd.url
 
+    @property
+    def rspamd_socket(self) -> str:
+        assert self.rspamd is not None
+        return str(self.rspamd.socket_path)
+
     def pids(self) -> dict[str, int]:
         found = {"clamd": self.clamd.pid, "rspamd": self.rspamd.pid if self.rspamd else None}
         return {name: pid for name, pid in found.items() if pid is not None}
@@ -295,6 +301,7 @@ class Engines:
             "rspamd": {
                 "version": _version([str(RSPAMD_BINARY), "--version"]),
                 "url": self.rspamd.url,
+                "socket": str(self.rspamd.socket_path),
                 "workers": 1,
                 "configuration": "mailgate.testing.rspamd, offline: stock rules and actions, "
                 "no Redis, modules that ask the internet disabled",
@@ -338,7 +345,7 @@ class ProtectedMailgate(Mailgate):
 def protection_config(engines: Engines) -> dict[str, Any]:
     return {
         "antivirus": {"enabled": True, "clamd": engines.clamd.endpoint},
-        "antispam": {"enabled": True, "url": engines.rspamd_url},
+        "antispam": {"enabled": True, "url": engines.rspamd_url, "socket": engines.rspamd_socket},
         "content": {"enabled": True},
         "phishing": {"enabled": True, "domains": PHISHING_DOMAINS},
         "external_services": {"use_spf": True, "use_dkim": True, "use_dmarc": True},

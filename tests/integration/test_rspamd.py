@@ -102,6 +102,7 @@ def context(
     sender: str = "alice@sender.example",
     recipients: tuple[str, ...] = ("bob@example.org",),
     qid: str = "4Xq7Lk2mZ",
+    socket: str | None = None,
 ) -> ScanContext:
     spam, probable = scores if scores else (None, None)
     client = ClientInfo("127.0.0.10", 40000, "border.example.org")
@@ -114,7 +115,12 @@ def context(
         size=len(content),
     )
     settings = AntispamSettings(
-        enabled=True, url=url, timeout=timeout, spam_score=spam, probable_spam_score=probable
+        enabled=True,
+        url=url,
+        socket=socket,
+        timeout=timeout,
+        spam_score=spam,
+        probable_spam_score=probable,
     )
     return ScanContext(
         envelope=envelope,
@@ -192,6 +198,22 @@ def test_well_formed_message_is_clean(rspamd: RspamdInstance) -> None:
     assert ", action no action, " in result.detail
     assert dict(result.headers)["X-Spam-Status"].startswith("No, ")
     assert_one_line_headers(result)
+
+
+def test_the_unix_socket_gets_the_same_verdicts(rspamd: RspamdInstance) -> None:
+    # A URL nobody listens on: only the socket can answer.
+    url = "http://127.0.0.1:9"
+    socket_path = str(rspamd.socket_path)
+    spam = scan(context(url, SPAM, socket=socket_path))
+    assert (spam.verdict, spam.score) == (Verdict.SPAM, 15.0), spam.detail
+    clean = scan(context(url, CLEAN, socket=socket_path))
+    assert clean.verdict is Verdict.CLEAN, clean.detail
+    assert_one_line_headers(clean)
+    missing = scan(context(url, CLEAN, socket=socket_path + ".missing"))
+    assert missing.verdict is Verdict.ERROR
+    assert missing.detail.startswith(
+        f"cannot connect to Rspamd at {url}/checkv2 (socket {socket_path}.missing): "
+    )
 
 
 def test_suspicious_message_is_probable_spam(rspamd: RspamdInstance) -> None:

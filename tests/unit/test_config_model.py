@@ -70,6 +70,23 @@ def test_bad_relayhost_port(port: int) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("antispam", "fragment"),
+    [
+        ({"socket": "run/rspamd.sock"}, "socket must be an absolute path"),
+        ({"url": "https://rspamd.example", "socket": "/run/rspamd.sock"}, "needs an http:// url"),
+    ],
+)
+def test_bad_rspamd_socket(antispam: dict[str, str], fragment: str) -> None:
+    assert_error({"protection": {"antispam": antispam}}, "protection.antispam", fragment)
+
+
+def test_rspamd_socket_is_optional() -> None:
+    assert validate({}).protection.antispam.socket is None
+    settings = validate({"protection": {"antispam": {"socket": "/run/rspamd/normal.sock"}}})
+    assert settings.protection.antispam.socket == "/run/rspamd/normal.sock"
+
+
 @pytest.mark.parametrize("port", [0, 70000])
 def test_bad_route_port(port: int) -> None:
     data = {"domains": [{"name": "example.com", "route": {"host": "192.0.2.1", "port": port}}]}

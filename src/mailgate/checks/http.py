@@ -8,7 +8,8 @@ with one protocol object on the event loop's transport: the request goes out whe
 connection is made, the reply is parsed as it arrives and settles the exchange as soon as it
 is complete (asyncio's streams cost a few hundred microseconds more per request).
 
-What it speaks: ``http://`` and ``https://`` URLs (IPv4, IPv6 in brackets, names), a path
+What it speaks: ``http://`` and ``https://`` URLs (IPv4, IPv6 in brackets, names) or a Unix
+socket (the URL then gives only the path and the Host header), a path
 prefix in the URL, replies framed by Content-Length, by chunked transfer coding or by the end
 of the connection. No redirects, no proxies (the scanner is a local service), no keep-alive.
 
@@ -72,9 +73,15 @@ def _target(url: str) -> _Target:
 
 
 async def post(
-    url: str, body: bytes, headers: Sequence[tuple[str, str]], *, limit: int
+    url: str,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+    *,
+    limit: int,
+    unix: str | None = None,
 ) -> tuple[int, bytes]:
     """POST ``body`` to ``url``; the reply's status code and body (at most ``limit`` bytes).
+    With ``unix``, the connection goes to that Unix socket; the URL gives the path and Host.
 
     Raises ConnectError, ProtocolError, ReplyTooLarge, or OSError for a connection lost
     midway; the caller bounds the time (``asyncio.timeout``).
@@ -93,13 +100,20 @@ async def post(
     reply: asyncio.Future[tuple[int, bytes]] = loop.create_future()
     context = ssl.create_default_context() if target.tls else None
     try:
-        transport, _ = await loop.create_connection(
-            lambda: _Exchange(request, limit, reply),
-            target.host,
-            target.port,
-            ssl=context,
-            server_hostname=target.host if context else None,
-        )
+        if unix is not None:
+            if context is not None:
+                raise ConnectError("no TLS on a Unix socket")
+            transport, _ = await loop.create_unix_connection(
+                lambda: _Exchange(request, limit, reply), unix
+            )
+        else:
+            transport, _ = await loop.create_connection(
+                lambda: _Exchange(request, limit, reply),
+                target.host,
+                target.port,
+                ssl=context,
+                server_hostname=target.host if context else None,
+            )
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(str(exc) or type(exc).__name__) from exc
     try:

@@ -64,11 +64,16 @@ class RspamdCheck:
 
     async def scan(self, ctx: ScanContext) -> CheckResult:
         settings = ctx.protection.antispam
-        endpoint = f"{settings.url.rstrip('/')}/checkv2"
+        url = f"{settings.url.rstrip('/')}/checkv2"
+        endpoint = f"{url} (socket {settings.socket})" if settings.socket else url
         try:
             async with asyncio.timeout(settings.timeout):
                 status, body = await http.post(
-                    endpoint, ctx.content, request_headers(ctx), limit=MAX_REPLY_BYTES
+                    url,
+                    ctx.content,
+                    request_headers(ctx),
+                    limit=MAX_REPLY_BYTES,
+                    unix=settings.socket,
                 )
         except TimeoutError:
             return _error(f"no answer from Rspamd at {endpoint} within {settings.timeout:g}s")

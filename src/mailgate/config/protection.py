@@ -116,6 +116,14 @@ class AntispamSettings(_Section):
     url: str = Field(
         "http://127.0.0.1:11333", description="Rspamd normal worker, e.g. http://127.0.0.1:11333."
     )
+    socket: str | None = Field(
+        None,
+        description=(
+            "Rspamd's Unix socket (a bind_socket of its normal worker), e.g. "
+            "/run/rspamd/normal.sock. When set, requests go there instead of to the URL's host "
+            "and port, which costs less on the same host; the URL still gives the path."
+        ),
+    )
     timeout: Seconds = Field(15, description="Deadline of one check (seconds).")
     spam_score: float | None = Field(
         None,
@@ -132,6 +140,11 @@ class AntispamSettings(_Section):
     def _scores(self) -> AntispamSettings:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        if self.socket is not None:
+            if not self.socket.startswith("/"):
+                raise ValueError("socket must be an absolute path")
+            if self.url.startswith("https://"):
+                raise ValueError("socket needs an http:// url (no TLS on a local socket)")
         if (self.spam_score is None) != (self.probable_spam_score is None):
             raise ValueError("spam_score and probable_spam_score go together")
         if (

@@ -189,6 +189,8 @@ class RspamdInstance:
         self.config_path = self.instance_dir / "rspamd.conf"
         self.log_path = self.log_dir / "rspamd.log"
         self.stderr_path = self.instance_dir / "rspamd.stderr"
+        # The normal worker listens here too (AntispamSettings.socket).
+        self.socket_path = self.instance_dir / "normal.sock"
         self.pid_path = self.instance_dir / "rspamd.pid"
         self.tld_path = self.instance_dir / "tld.dat"
         self.actions = dict(actions or {})
@@ -243,6 +245,7 @@ logging {{
 # controller's periodic jobs (maps, statistics).
 worker "normal" {{
     bind_socket = "{self.address}:{self.port}";
+    bind_socket = "{self.socket_path} mode=0666";
     count = 1;
     .include "$CONFDIR/worker-normal.inc"
     .include(try=true; priority=1,duplicate=merge) "$LOCAL_CONFDIR/local.d/worker-normal.inc"

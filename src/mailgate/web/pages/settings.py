@@ -361,7 +361,7 @@ def _modules_groups(data: dict[str, Any]) -> list[Group]:
             AntispamSettings,
             "antispam",
             "Anti-Spam",
-            {"enabled": "Use Anti-Spam", "url": "Rspamd URL"},
+            {"enabled": "Use Anti-Spam", "url": "Rspamd URL", "socket": "Rspamd Unix socket"},
         ),
         module(
             ContentSettings,
