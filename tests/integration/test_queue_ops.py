@@ -29,18 +29,22 @@ def deferred_gateway(start_gateway: Callable[..., Gateway]) -> tuple[Gateway, in
 
 
 def queue_one(gw: Gateway, subject: str) -> str:
+    """Send one message and return its queue id once its first attempt has failed (a message
+    queued earlier is not it, however far along)."""
+    before = {i["qid"] for i in gw.queue()}
     with gw.client() as client:
         client.sendmail(
             "alice@ext.org", ["bob@example.com"], f"Subject: {subject}\r\n\r\nx\r\n".encode()
         )
-    items = wait_until(
+    (qid,) = wait_until(
         lambda: [
-            i for i in gw.queue() if i["recipients"][0]["reason"] and i["state"] == "deferred"
+            i["qid"]
+            for i in gw.queue()
+            if i["qid"] not in before and i["recipients"][0]["reason"] and i["state"] == "deferred"
         ],
-        what="a deferred message",
+        what=f"message {subject!r} deferred",
     )
-    known = {i["qid"] for i in items}
-    return sorted(known)[-1]
+    return str(qid)
 
 
 def test_queue_operations_through_the_running_gateway(
