@@ -313,6 +313,72 @@ def test_flush_while_an_attempt_is_being_recorded_retries_right_after(tmp_path: 
     run(body)
 
 
+def test_state_that_cannot_be_saved_keeps_the_message_queued(tmp_path: Path) -> None:
+    # A full disk while the attempt is recorded: the message keeps its retry timer, a flush
+    # retries it, and the state is written once space is back.
+    scheduler, deliverer, _, spool = make(
+        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
+    )
+    deliverer.replies["a.test"] = "deferred"
+    save_state = spool.save_state
+    full = threading.Event()
+    full.set()
+
+    def save_state_on_a_full_disk(qid: str, state: dict[str, Any]) -> None:
+        if full.is_set():
+            raise OSError(28, "No space left on device")
+        save_state(qid, state)
+
+    spool.save_state = save_state_on_a_full_disk  # type: ignore[method-assign]
+
+    def deferred(qid: str) -> bool:
+        return scheduler.describe(qid)["state"] == "deferred"  # type: ignore[index]
+
+    async def body() -> None:
+        env = envelope(["x@a.test"])
+        await scheduler.enqueue(env, b"m\r\n")
+        await until(lambda: deferred(env.qid))
+        assert scheduler.entries[env.qid].attempts == 1
+        assert spool.load_state(env.qid) is None
+        full.clear()
+        assert scheduler.flush() == 1
+        await until(lambda: scheduler.entries[env.qid].attempts == 2 and deferred(env.qid))
+        assert spool.load_state(env.qid)["attempts"] == 2  # type: ignore[index]
+        deliverer.replies["a.test"] = "sent"
+        assert scheduler.flush() == 1
+        await until(lambda: not scheduler.entries)
+        assert len(deliverer.sends) == 3
+        await scheduler.stop()
+
+    run(body)
+
+
+def test_a_failure_while_recording_an_attempt_never_strands_the_message(tmp_path: Path) -> None:
+    scheduler, deliverer, _, _ = make(
+        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
+    )
+    deliverer.replies["a.test"] = "bounced"
+    calls = 0
+
+    async def broken_report(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug while building the DSN")
+
+    scheduler.report = broken_report  # type: ignore[method-assign]
+
+    async def body() -> None:
+        env = envelope(["x@a.test"])
+        await scheduler.enqueue(env, b"m\r\n")
+        await until(lambda: calls == 1)
+        await until(lambda: scheduler.describe(env.qid)["state"] == "deferred")  # type: ignore[index]
+        assert scheduler.flush() == 1
+        await until(lambda: calls == 2)
+        await scheduler.stop()
+
+    run(body)
+
+
 def test_recovery_resumes_from_the_spool_and_skips_done_recipients(tmp_path: Path) -> None:
     scheduler, deliverer, clock, spool = make(tmp_path)
     done = envelope(["x@a.test", "y@b.test"])

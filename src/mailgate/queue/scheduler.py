@@ -372,7 +372,18 @@ class Scheduler:
         log.info("%s: removed", entry.qid)
 
     async def _finish(self, entry: Entry) -> None:
-        """End of a pass that left bounces to report or recipients to retry."""
+        """End of a pass that left bounces to report or recipients to retry. Whatever goes
+        wrong while recording it, the message stays queued and is tried again."""
+        try:
+            await self._record_pass(entry)
+        except Exception:
+            log.exception("%s: cannot record the delivery attempt; retried later", entry.qid)
+            if entry.qid in self.entries and entry.timer is None and not entry.active:
+                backoff = self._runtime().config.advanced.queue.minimal_backoff_time
+                self._schedule(entry, 0.0 if entry.flush_requested else backoff)
+                entry.flush_requested = False
+
+    async def _record_pass(self, entry: Entry) -> None:
         loop = asyncio.get_running_loop()
         if entry.delete_requested:
             self._drop_content(entry)
@@ -408,7 +419,12 @@ class Scheduler:
             pending = []
         if entry.reports:
             reports, entry.reports = entry.reports, []
-            if not await self._notify_sender(entry, reports):
+            try:
+                stored = await self._notify_sender(entry, reports)
+            except Exception:
+                log.exception("%s: cannot build the non-delivery notification", entry.qid)
+                stored = False
+            if not stored:
                 for report in reports:  # the DSN is not stored: keep trying these recipients
                     entry.status[envelope.recipients.index(report.recipient)] = _PENDING
                 pending = entry.pending()
@@ -425,8 +441,16 @@ class Scheduler:
         )
         entry.next_attempt = now + delay
         self._drop_content(entry)  # re-read from disk at the next attempt
-        await loop.run_in_executor(self._executor, self.spool.save_state, entry.qid, entry.state())
-        entry.has_state = True
+        try:
+            await loop.run_in_executor(
+                self._executor, self.spool.save_state, entry.qid, entry.state()
+            )
+            entry.has_state = True
+        except OSError as exc:
+            # The queue file is safe; only the progress record is missing (a full disk, say).
+            # The state stays in memory and is written at the next pass; a restart before then
+            # retries recipients already delivered (a duplicate, never a loss).
+            log.error("%s: cannot save the delivery state: %s", entry.qid, exc)
         if entry.hold_requested:
             await loop.run_in_executor(self._executor, self.spool.hold, entry.qid)
             self.entries.pop(entry.qid, None)

@@ -263,8 +263,12 @@ class Spool:
     def save_state(self, qid: str, state: dict[str, Any]) -> None:
         path = self.path(qid, "state")
         tmp = path.with_name(f".{qid}.tmp")
-        tmp.write_text(json.dumps(state, separators=(",", ":")))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(state, separators=(",", ":")))
+            os.replace(tmp, path)
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
 
     def load_state(self, qid: str) -> dict[str, Any] | None:
         try:
