@@ -379,6 +379,44 @@ def test_a_failure_while_recording_an_attempt_never_strands_the_message(tmp_path
     run(body)
 
 
+def test_a_queue_file_that_cannot_be_read_is_deferred_not_forgotten(tmp_path: Path) -> None:
+    scheduler, deliverer, _, spool = make(
+        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
+    )
+    damaged = envelope(["x@a.test"])
+    broken = envelope(["y@b.test"])
+    for env in (damaged, broken):
+        spool.commit(env, b"m\r\n")
+    load = spool.load
+    failures = {damaged.qid: OSError(5, "Input/output error"), broken.qid: KeyError("sender")}
+
+    def failing_load(qid: str, where: str = "queue") -> Any:
+        if qid in failures:
+            raise failures[qid]
+        return load(qid, where)
+
+    spool.load = failing_load  # type: ignore[method-assign]
+
+    def deferred(qid: str) -> bool:
+        found = scheduler.describe(qid)
+        return found is not None and found["state"] == "deferred"
+
+    async def body() -> None:
+        assert await scheduler.recover() == 2  # content is read back from the spool
+        await until(lambda: deferred(damaged.qid) and deferred(broken.qid))
+        assert deliverer.sends == []
+        last = scheduler.entries[damaged.qid].last[0]
+        assert last[:2] == ("4.3.0", "cannot read the queue file: [Errno 5] Input/output error")
+        assert scheduler.entries[broken.qid].last[0][:2] == ("4.3.0", "internal error: KeyError")
+        failures.clear()
+        assert scheduler.flush() == 2
+        await until(lambda: not scheduler.entries)
+        assert sorted(qid for qid, _ in deliverer.sends) == sorted([damaged.qid, broken.qid])
+        await scheduler.stop()
+
+    run(body)
+
+
 def test_recovery_resumes_from_the_spool_and_skips_done_recipients(tmp_path: Path) -> None:
     scheduler, deliverer, clock, spool = make(tmp_path)
     done = envelope(["x@a.test", "y@b.test"])

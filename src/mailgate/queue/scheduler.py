@@ -265,7 +265,15 @@ class Scheduler:
                 if job.entry.delete_requested:
                     self._job_done(job, [])
                     continue
-                outcomes, client = await self._attempt(dest, job, client)
+                try:
+                    outcomes, client = await self._attempt(dest, job, client)
+                except Exception as exc:  # a bug must not strand the message: defer it, loudly
+                    log.exception("%s: delivery attempt failed", job.entry.qid)
+                    if client is not None:
+                        client.close()
+                        client = None
+                    text = f"internal error: {type(exc).__name__}"
+                    outcomes = [Outcome(i, "deferred", "4.3.0", text) for i in job.indices]
                 self._job_done(job, outcomes)
         finally:
             if client is not None and client.is_connected:
@@ -288,6 +296,10 @@ class Scheduler:
             log.warning("%s: queue file vanished; forgetting the message", entry.qid)
             entry.delete_requested = True
             return [], client
+        except OSError as exc:  # a read error or a damaged file: keep it, try again later
+            log.error("%s: cannot read the queue file: %s", entry.qid, exc)
+            text = f"cannot read the queue file: {exc}"
+            return [Outcome(i, "deferred", "4.3.0", text) for i in job.indices], client
         for _ in range(2):
             reused = client is not None or bool(dest.idle)
             if client is None and dest.idle:
