@@ -3,8 +3,8 @@ address (trusted network / mynetworks 127.0.0.100/32) and relay everything to th
 the relayhost ``[127.0.0.50]:PORT``.
 
 Both keep their defaults otherwise; in particular both make every message durable before they
-answer 250 (mailgate fdatasyncs the queue file and fsyncs the queue directory; Postfix's cleanup
-fsyncs the queue file), both log every message to a file, and both deliver with at most 20
+answer 250 (mailgate fsyncs the queue file and its directory; Postfix's cleanup fsyncs the
+queue file), both log every message to a file, and both deliver with at most 20
 parallel connections to the one next hop (mailgate ``destination_concurrency_limit``, Postfix
 ``default_destination_concurrency_limit``).
 """

@@ -127,6 +127,11 @@ class Gateway:
         self.resolver = make_resolver(self._dns_settings)
         self.auth_dns = make_auth_dns(self.resolver)
         self.spool = Spool(self.paths.spool)
+        log.info(
+            "queue directory %s on %s: %s", self.paths.spool, self.spool.filesystem or "unknown",
+            "directory fsync'd with each message" if self.spool.directory_fsync
+            else "a queue file's fsync makes its name durable",
+        )  # fmt: skip
         self.server: SmtpServer | None = None
         self.counters = Counters()
         deliverer = Deliverer(

@@ -149,7 +149,9 @@ def test_backoff_doubles_up_to_the_maximum(tmp_path: Path) -> None:
         for attempt, delay in enumerate(expected, 1):
             await until(
                 lambda a=attempt: (
-                    (e := scheduler.entries.get(env.qid)) is not None and e.attempts == a
+                    (e := scheduler.entries.get(env.qid)) is not None
+                    and e.attempts == a
+                    and e.timer is not None  # the state is saved before the timer is set
                 )
             )
             entry = scheduler.entries[env.qid]

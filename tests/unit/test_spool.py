@@ -16,8 +16,10 @@ import pytest
 from mailgate.queue.spool import (
     MAGIC,
     NoStorage,
+    Recovered,
     Spool,
     _DirSyncer,
+    filesystem_type,
     new_queue_id,
     valid_queue_id,
 )
@@ -121,7 +123,8 @@ def test_queue_file_format(spool: Spool) -> None:
         "smtputf8": True,
         "extra": {"verdict": "clean"},
     }
-    assert (spool.root / "queue" / env.qid).stat().st_mode & 0o777 == 0o600
+    # Private to mailgate; the owner's execute bit marks a complete file (as in Postfix).
+    assert (spool.root / "queue" / env.qid).stat().st_mode & 0o777 == 0o700
 
 
 def test_null_sender_and_empty_content(spool: Spool) -> None:
@@ -234,25 +237,86 @@ def test_remove(spool: Spool) -> None:
 # -- recovery --------------------------------------------------------------------------------
 
 
-def test_recover_deletes_leftovers_in_incoming(spool: Spool) -> None:
+def test_recover_deletes_incomplete_files_in_incoming(spool: Spool) -> None:
     committed = make_envelope()
     spool.commit(committed, CONTENT)
     partial = new_queue_id()
     (spool.root / "incoming" / partial).write_bytes(MAGIC + b'{"qid"')
     (spool.root / "incoming" / "junk").write_bytes(b"")
-    assert sorted(spool.recover()) == sorted([partial, "junk"])
+    recovered = spool.recover()
+    assert sorted(recovered.discarded) == sorted([partial, "junk"])
+    assert (recovered.completed, recovered.conflicts) == ([], [])
     assert files(spool, "incoming") == []
     # Committed messages are untouched.
     assert spool.ids() == [committed.qid]
     assert spool.load(committed.qid).content == CONTENT
-    assert spool.recover() == []
+    assert spool.recover() == Recovered()
+
+
+def commit_interrupted(spool: Spool, env: Envelope, *, before: str) -> None:
+    """A commit that stops (as a crash would) just before the os call `before`."""
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise Crash
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, before, crash)
+        patch.setattr(os, "unlink", crash)  # the crash leaves every file where it is
+        with pytest.raises(Crash):
+            spool.commit(env, CONTENT)
+
+
+def test_recover_queues_a_complete_file_left_in_incoming(spool: Spool) -> None:
+    # Stopped after the fsync: the client may have been about to hear 250. Delivered (at worst
+    # a duplicate), never lost.
+    env = make_envelope()
+    commit_interrupted(spool, env, before="link")
+    assert files(spool, "incoming") == [env.qid]
+    assert files(spool, "queue") == []
+    assert Spool(spool.root).recover() == Recovered(completed=[env.qid])
+    assert files(spool, "incoming") == []
+    assert spool.load(env.qid).envelope == env
+    assert spool.load(env.qid).content == CONTENT
+
+
+def test_recover_resolves_a_file_with_both_names(spool: Spool) -> None:
+    env = make_envelope()
+    spool.commit(env, CONTENT)
+    os.link(spool.path(env.qid), spool.root / "incoming" / env.qid)  # stopped before unlink
+    assert spool.recover() == Recovered(completed=[env.qid])
+    assert files(spool, "incoming") == []
+    assert spool.ids() == [env.qid]
+
+
+@pytest.mark.parametrize("before", ["writev", "fchmod"])
+def test_recover_discards_a_commit_stopped_before_it_was_marked_complete(
+    spool: Spool, before: str
+) -> None:
+    env = make_envelope()
+    commit_interrupted(spool, env, before=before)
+    assert Spool(spool.root).recover() == Recovered(discarded=[env.qid])
+    assert files(spool, "incoming") == []
+    assert spool.ids() == []
+
+
+def test_recover_keeps_a_complete_file_whose_id_is_taken(spool: Spool) -> None:
+    queued = make_envelope()
+    spool.commit(queued, CONTENT)
+    (spool.root / "incoming" / queued.qid).write_bytes(MAGIC + b"another message")
+    os.chmod(spool.root / "incoming" / queued.qid, 0o700)
+    assert spool.recover() == Recovered(conflicts=[queued.qid])
+    assert files(spool, "incoming") == [queued.qid]
+    assert spool.load(queued.qid).content == CONTENT
 
 
 def test_a_second_spool_on_the_same_directory_sees_the_queue(spool: Spool) -> None:
     env = make_envelope()
     spool.commit(env, CONTENT)
     again = Spool(spool.root)
-    assert again.recover() == []
+    assert again.recover() == Recovered()
     assert again.load(env.qid).envelope == env
 
 
@@ -375,7 +439,7 @@ def _enospc(*_args: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("call", ["writev", "fdatasync", "link"])
+@pytest.mark.parametrize("call", ["writev", "fchmod", "fsync", "link"])
 def test_full_disk_raises_no_storage_and_leaves_nothing(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
@@ -394,7 +458,7 @@ def test_quota_exceeded_is_no_storage(spool: Spool, monkeypatch: pytest.MonkeyPa
     def edquot(*_args: object) -> None:
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
-    monkeypatch.setattr(os, "fdatasync", edquot)
+    monkeypatch.setattr(os, "fsync", edquot)
     with pytest.raises(NoStorage):
         spool.commit(make_envelope(), CONTENT)
 
@@ -405,7 +469,7 @@ def test_other_write_errors_are_not_no_storage(
     def eio(*_args: object) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(os, "fdatasync", eio)
+    monkeypatch.setattr(os, "fsync", eio)
     with pytest.raises(OSError, match="I/O error") as info:
         spool.commit(make_envelope(), CONTENT)
     assert not isinstance(info.value, NoStorage)
@@ -436,4 +500,59 @@ def test_spool_usable_after_full_disk(spool: Spool, monkeypatch: pytest.MonkeyPa
     monkeypatch.undo()
     env = make_envelope()
     spool.commit(env, CONTENT)
+    assert spool.load(env.qid).content == CONTENT
+
+
+# -- directory fsync -------------------------------------------------------------------------
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+40 27 0:44 / /var/spool/mailgate rw,relatime shared:5 master:1 - nfs4 srv:/spool rw,vers=4.2
+"""
+
+
+def test_filesystem_type_by_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_stat = os.stat
+
+    def stat_on(device: int) -> object:
+        def fake(path: object, *args: object, **kwargs: object) -> os.stat_result:
+            values = list(real_stat(tmp_path))
+            values[2] = device  # st_dev
+            return os.stat_result(values)
+
+        return fake
+
+    monkeypatch.setattr(os, "stat", stat_on(os.makedev(254, 0)))
+    assert filesystem_type(tmp_path, MOUNTINFO) == "ext4"
+    monkeypatch.setattr(os, "stat", stat_on(os.makedev(0, 44)))
+    assert filesystem_type(tmp_path, MOUNTINFO) == "nfs4"
+    monkeypatch.setattr(os, "stat", stat_on(os.makedev(8, 1)))
+    assert filesystem_type(tmp_path, MOUNTINFO) is None
+    monkeypatch.undo()
+    assert filesystem_type(tmp_path / "missing", MOUNTINFO) is None
+
+
+def test_this_machine_s_filesystem_is_found(tmp_path: Path) -> None:
+    # Whatever holds the test's directory is listed in /proc/self/mountinfo.
+    assert filesystem_type(tmp_path) is not None
+
+
+@pytest.mark.parametrize(
+    ("filesystem", "directory_fsyncs"),
+    [("ext4", 0), ("xfs", 0), ("btrfs", 0), ("nfs4", 1), (None, 1)],
+)
+def test_incoming_directory_is_fsynced_unless_the_file_system_covers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filesystem: str | None, directory_fsyncs: int
+) -> None:
+    monkeypatch.setattr("mailgate.queue.spool.filesystem_type", lambda _path: filesystem)
+    spool = Spool(tmp_path / "spool")
+    assert spool.directory_fsync is (directory_fsyncs == 1)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    env = make_envelope()
+    spool.commit(env, CONTENT)
+    # The file itself always; its directory only where the file's fsync does not cover it.
+    assert len(synced) == 1 + directory_fsyncs
     assert spool.load(env.qid).content == CONTENT

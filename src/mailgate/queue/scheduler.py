@@ -154,9 +154,13 @@ class Scheduler:
     async def recover(self) -> int:
         """Load every queued message at start-up; return how many."""
         loop = asyncio.get_running_loop()
-        dropped = await loop.run_in_executor(self._executor, self.spool.recover)
-        for name in dropped:
+        recovered = await loop.run_in_executor(self._executor, self.spool.recover)
+        for name in recovered.discarded:
             log.info("%s: discarded incomplete queue file (never acknowledged)", name)
+        for name in recovered.completed:
+            log.info("%s: queue file completed before a restart, queued", name)
+        for name in recovered.conflicts:
+            log.error("%s: complete queue file left in incoming/: the id is already queued", name)
         qids = await loop.run_in_executor(self._executor, self.spool.ids, "queue")
         now = self._clock()
         for qid in qids:

@@ -2,15 +2,26 @@
 
 Layout of the spool directory (one per node, like Postfix's queue_directory):
 
-    incoming/  files being written; never acknowledged, removed at start-up
+    incoming/  files being written; at start-up, complete ones are queued, the rest removed
     queue/     committed messages, active or deferred
     hold/      messages put on hold by the administrator
     state/     per-message delivery progress (which recipients are done, retry time)
 
 A message file is `MAGIC`, one line of JSON envelope, then the message content with CRLF line
-ends. Commit protocol: write incoming/<id>, fdatasync it, link it to queue/<id> (link never
-replaces an existing file), unlink the incoming name, fsync the queue directory. Only then is
-250 sent. Directory fsyncs of concurrent commits are grouped into one.
+ends. Commit protocol, as Postfix's cleanup marks a finished queue file: create incoming/<id>
+(mode 0600), write it, set the owner's execute bit (mode 0700: "complete"), fsync the file (one
+journal commit makes the data, the mode and the new name durable together), fsync the incoming
+directory where that is needed (see below), then link it to queue/<id> (link never replaces an
+existing file) and unlink the incoming name. The 250 goes out after that. The moves need no
+flush of their own: after a crash, a complete file still in incoming/ is moved to queue/ at
+start-up (at worst a duplicate, for a commit that ended just before its 250), and an
+incomplete one, never acknowledged, is removed.
+
+POSIX asks for an fsync of the directory too before a new file's name is durable. On ext4, XFS
+and btrfs the file's fsync already covers it (the create is journaled with or before the inode),
+and a directory fsync would cost one more device flush for nothing (Postfix never fsyncs its
+queue directories); on any other file system the incoming directory is fsync'd as well, grouped
+across concurrent commits.
 
 The state file is written without fsync on purpose: losing it in a crash means recipients
 already delivered may be delivered again (a duplicate), never that a message is lost.
@@ -23,9 +34,10 @@ import errno
 import json
 import os
 import random
+import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -33,8 +45,33 @@ from typing import Any
 from mailgate.types import Envelope
 
 MAGIC = b"MAILGATE-QUEUE 1\n"
+_WRITING = 0o600  # a queue file being written
+_COMPLETE = 0o700  # the owner's execute bit marks a finished queue file (as in Postfix)
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: queue ids never spell words
 _DIRS = ("incoming", "queue", "hold", "state")
+
+
+# File systems on which fsync of a newly created file also makes its name durable.
+NAME_DURABLE_WITH_FILE = frozenset({"ext4", "xfs", "btrfs"})
+
+
+def filesystem_type(path: Path | str, mountinfo: str | None = None) -> str | None:
+    """The type of the file system that holds `path` (from /proc/self/mountinfo), if known."""
+    try:
+        device = os.stat(path).st_dev
+        if mountinfo is None:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+                mountinfo = fh.read()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in mountinfo.splitlines():
+        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue"
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == wanted and " - " in line:
+            after = line.split(" - ", 1)[1].split()
+            return after[0] if after else None
+    return None
 
 
 class SpoolError(OSError):
@@ -98,6 +135,15 @@ class _DirSyncer:
 
 
 @dataclass(slots=True)
+class Recovered:
+    """What start-up found in incoming/, by queue id."""
+
+    completed: list[str] = field(default_factory=list)  # complete: moved to queue/
+    discarded: list[str] = field(default_factory=list)  # incomplete, never acknowledged
+    conflicts: list[str] = field(default_factory=list)  # complete, but the id is taken: kept
+
+
+@dataclass(slots=True)
 class StoredMessage:
     envelope: Envelope
     content: bytes
@@ -109,6 +155,9 @@ class Spool:
         self._root = str(root)
         for name in _DIRS:
             (root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.filesystem = filesystem_type(root)
+        self.directory_fsync = self.filesystem not in NAME_DURABLE_WITH_FILE
+        self._incoming_syncer = _DirSyncer(root / "incoming")
         self._queue_syncer = _DirSyncer(root / "queue")
         self._hold_syncer = _DirSyncer(root / "hold")
         self._removals: SimpleQueue[tuple[str, bool] | None] = SimpleQueue()
@@ -134,25 +183,25 @@ class Spool:
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode()
         incoming = self._file(envelope.qid, "incoming")
         final = self._file(envelope.qid, "queue")
-        linked = False
         try:
-            fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _WRITING)
             try:
                 _write_all(fd, [MAGIC, header, b"\n", content])
-                os.fdatasync(fd)
+                os.fchmod(fd, _COMPLETE)
+                os.fsync(fd)  # not fdatasync: the mode is the mark of a complete file
             finally:
                 os.close(fd)
+            if self.directory_fsync:
+                self._incoming_syncer.sync()
             os.link(incoming, final)
-            linked = True
-            os.unlink(incoming)
-            self._queue_syncer.sync()
         except OSError as exc:
-            _unlink_quietly(incoming)
-            if linked:  # ours, but the client will not hear 250: do not deliver it
-                _unlink_quietly(final)
+            _unlink_quietly(incoming)  # the client will not hear 250: never deliver it
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoStorage(exc.errno, "insufficient storage") from exc
             raise
+        # Durable in queue/ now; a crash before this unlink leaves two names for one file,
+        # which start-up resolves.
+        _unlink_quietly(incoming)
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)
@@ -249,14 +298,31 @@ class Spool:
         (self._queue_syncer if target == "hold" else self._hold_syncer).sync()
         return True
 
-    def recover(self) -> list[str]:
-        """Remove partial files of interrupted commits; return their ids (never acknowledged)."""
-        dropped = []
-        incoming = self.root / "incoming"
-        for name in os.listdir(incoming):
-            _unlink_quietly(incoming / name)
-            dropped.append(name)
-        return dropped
+    def recover(self) -> Recovered:
+        """Finish the commits a crash interrupted: a complete file in incoming/ goes to queue/
+        (it may have been acknowledged), an incomplete one is removed (it was not)."""
+        recovered = Recovered()
+        for name in sorted(os.listdir(self.root / "incoming")):
+            incoming = f"{self._root}/incoming/{name}"
+            try:
+                complete = bool(os.stat(incoming).st_mode & stat.S_IXUSR)
+            except FileNotFoundError:
+                continue
+            if not (complete and valid_queue_id(name)):
+                _unlink_quietly(incoming)
+                recovered.discarded.append(name)
+                continue
+            final = self._file(name, "queue")
+            try:
+                os.link(incoming, final)
+            except FileExistsError:
+                if not os.path.samefile(incoming, final):  # never drop a complete message
+                    recovered.conflicts.append(name)
+                    continue
+            self._queue_syncer.sync()
+            _unlink_quietly(incoming)
+            recovered.completed.append(name)
+        return recovered
 
     # -- delivery state ------------------------------------------------------------------
 
