@@ -12,13 +12,16 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailgate.checks.phishing import (
+    _TEXT_URL,
+    _TRAILING,
     HEADER,
     MAX_LINKS,
     PhishingCheck,
+    _text_urls,
     extract_urls,
     normalise_host,
     normalise_url,
@@ -268,3 +271,14 @@ def test_extraction_and_normalisation_never_raise(text: str, is_html: bool) -> N
         normalise_url(url)
     normalise_url(text)
     normalise_host(text)
+
+
+@given(st.text(alphabet="wW.:/\\htpsfHTPSx -\u0130\n", max_size=200))
+@settings(max_examples=500)
+@example("wwww.example.com and wWwW.x")
+@example("xwww.y www.z .www.a http://www.b/ \u0130 Www.c")
+def test_text_links_are_those_a_plain_regex_scan_finds(text: str) -> None:
+    # The fast scan (anchors, skipping lower() without a "W") finds exactly what trying the
+    # pattern at every position finds; U+0130 lengthens under lower().
+    expected = [m.group(0).rstrip(_TRAILING) for m in _TEXT_URL.finditer(text)]
+    assert _text_urls(text) == [url for url in expected if url]

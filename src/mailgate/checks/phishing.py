@@ -223,18 +223,25 @@ def _text_urls(text: str) -> list[str]:
 def _url_starts(text: str) -> list[int]:
     """Positions, in order, where a link may start: before a scheme's colon and at "www."."""
     starts = []
-    for anchor in _SCHEME_ANCHOR.finditer(text):
-        colon = anchor.start()
-        for back in _SCHEME_BACK:
-            if colon >= back and _TEXT_URL.match(text, colon - back, colon + 1 + _MAX_URL):
-                starts.append(colon - back)
-                break
-    lowered = text.lower()
+    if ":" in text:  # a single-character test is a memchr: text without a colon is common
+        for anchor in _SCHEME_ANCHOR.finditer(text):
+            colon = anchor.start()
+            for back in _SCHEME_BACK:
+                if colon >= back and _TEXT_URL.match(text, colon - back, colon + 1 + _MAX_URL):
+                    starts.append(colon - back)
+                    break
+    # Lowering only matters for "W"; without one the text is searched as it is.
+    lowered = text.lower() if "W" in text else text
     if len(lowered) == len(text):  # the same positions (lower() only ever lengthens)
-        at = lowered.find("www.")
+        # "www" rather than "www.": str.find skips ahead on characters absent from the
+        # needle, and "." shares a skip slot with "n", one of the commonest letters.
+        at = lowered.find("www")
         while at >= 0:
-            starts.append(at)
-            at = lowered.find("www.", at + 4)
+            if lowered.startswith(".", at + 3):
+                starts.append(at)
+                at = lowered.find("www", at + 4)
+            else:
+                at = lowered.find("www", at + 1)
     else:
         starts.extend(found.start() for found in _WWW_ANCHOR.finditer(text))
     starts.sort()
