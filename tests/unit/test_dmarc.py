@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.auth.dkim import DkimSignatureResult
@@ -25,6 +25,7 @@ from mailgate.auth.dmarc import (
 from mailgate.auth.spf import SpfResult
 from mailgate.checks.auth import from_domains
 from mailgate.dns import DnsNotFound, DnsTempError
+from mailgate.pipeline.message import ParsedMessage
 
 
 class FakeTxt:
@@ -401,16 +402,39 @@ def test_alignment_never_raises(a: str, b: str) -> None:
         ("", []),
     ],
 )
-def test_from_domains(from_field: str, domains: list[str]) -> None:
+@pytest.mark.parametrize("parsed", [False, True], ids=["from content", "from parsed"])
+def test_from_domains(from_field: str, domains: list[str], parsed: bool) -> None:
     content = f"From: {from_field}\r\nMessage-ID: <m1@x>\r\n\r\nbody\r\n".encode()
-    found, message_id = from_domains(content)
+    found, message_id = from_domains(content, parse(content) if parsed else None)
     assert sorted(found) == sorted(domains)
     assert message_id == "<m1@x>"
 
 
-def test_from_domains_of_several_from_fields() -> None:
+@pytest.mark.parametrize("parsed", [False, True], ids=["from content", "from parsed"])
+def test_from_domains_of_several_from_fields(parsed: bool) -> None:
     content = b"From: a@one.example\r\nFrom: b@two.example\r\n\r\n"
-    assert from_domains(content) == (["one.example", "two.example"], "")
+    expected = (["one.example", "two.example"], "")
+    assert from_domains(content, parse(content) if parsed else None) == expected
+
+
+def parse(content: bytes) -> ParsedMessage:
+    return ParsedMessage.parse(content, max_parts=100, max_depth=10)
+
+
+_HEADER_TEXT = st.lists(
+    st.sampled_from([*'abc@.<>()",:; \t=?Q', "\r\n", "\r\n ", "From: ", "=?utf-8?q?x?="]),
+    max_size=40,
+).map("".join)
+
+
+@given(_HEADER_TEXT, _HEADER_TEXT)
+@settings(max_examples=300)
+def test_from_domains_are_the_same_from_the_parsed_message(first: str, second: str) -> None:
+    # The pipeline's parser hands the authentication check the same undecoded fields its own
+    # parse of the header section would read (an encoded word is never decoded into an
+    # address). Line ends are CRLF only: the SMTP server turns bare CR and LF into CRLF.
+    content = f"Subject: s\r\nFrom: {first}\r\nMessage-ID: {second}\r\n\r\nbody\r\n".encode()
+    assert from_domains(content, parse(content)) == from_domains(content)
 
 
 @given(st.binary(max_size=300))

@@ -42,13 +42,16 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from email.parser import BytesHeaderParser
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mailgate.auth.dkim import DkimSignatureResult, TxtDns, is_signed, verify_dkim
 from mailgate.auth.dmarc import DmarcResult, check_dmarc
 from mailgate.auth.results import HEADER, authentication_results, one_line
 from mailgate.auth.spf import AsyncSpfDns, SpfMemo, SpfResult, check_spf
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
+
+if TYPE_CHECKING:
+    from mailgate.pipeline.message import ParsedMessage
 
 __all__ = ["MAX_FROM_DOMAINS", "AuthCheck", "AuthDns", "from_domains"]
 
@@ -77,19 +80,28 @@ def _domain_of(address: str) -> str:
     return domain.strip().rstrip(".").lower() if at and local else ""
 
 
-def from_domains(content: bytes) -> tuple[list[str], str]:
+def from_domains(content: bytes, parsed: ParsedMessage | None = None) -> tuple[list[str], str]:
     """The RFC5322.From domains of a message (see the module doc) and its Message-ID.
 
-    Local stand-in for `ctx.message` (ParsedMessage) until it offers both.
+    From `parsed` (the undecoded top-level fields the pipeline's parser already read) when a
+    check has parsed the message, else from the header section of `content`.
     """
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(_header_section(content))
+    if parsed is not None:
+        fields = parsed.raw_headers
+        froms = [value for name, value in fields if name.lower() == "from"]
+        ids = [value for name, value in fields if name.lower() == "message-id"]
+    else:
+        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            _header_section(content)
+        )
+        froms = [str(raw) for raw in headers.get_all("From") or []]
+        ids = [str(headers.get("Message-ID", "") or "")]
     domains: list[str] = []
-    for raw in headers.get_all("From") or []:
-        for domain in _from_field_domains(str(raw)):
+    for raw in froms:
+        for domain in _from_field_domains(raw):
             if domain not in domains:
                 domains.append(domain)
-    message_id = str(headers.get("Message-ID", "") or "")
-    return domains, one_line(message_id)
+    return domains, one_line(ids[0] if ids else "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,7 +187,7 @@ class AuthCheck:
 
         dmarc: list[DmarcResult] = []
         if services.use_dmarc:
-            domains, message_id = from_domains(ctx.content)
+            domains, message_id = from_domains(ctx.content, ctx.parsed())
             if len(domains) > MAX_FROM_DOMAINS:
                 domains = []  # an absurd From: treated like a missing one (permerror)
             targets: Sequence[str | None] = domains or [None]

@@ -99,6 +99,10 @@ class ScanContext:
                     )
         return parsed
 
+    def parsed(self) -> ParsedMessage | None:
+        """The parsed message if a check has parsed it already, without parsing it here."""
+        return self._parsed
+
     def small(self, limit: int) -> bool:
         """Whether the message is at most `limit` bytes: in-process checks inspect such a
         message on the event loop, where a worker thread's hand-offs would cost more than

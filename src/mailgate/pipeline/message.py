@@ -137,7 +137,9 @@ class ParsedMessage:
     """A message's headers and MIME parts, decoded for the scan modules.
 
     `headers`: the top-level fields in order, names as given, values unfolded and RFC 2047
-    decoded. `subject`: the first Subject, decoded ("" without one). `from_address` and
+    decoded; `raw_headers`: the same as written, folded and not decoded (what the address
+    parsers of `mailgate.checks.auth` read).
+    `subject`: the first Subject, decoded ("" without one). `from_address` and
     `from_domain`: the first mailbox of the first From field, domain lowercase (None when
     absent or unreadable; more than one is a defect). `parts`: every entity in walk order.
     `defects`: what was wrong, for logs. `too_complex`: the walk stopped at a limit or at an
@@ -146,6 +148,7 @@ class ParsedMessage:
 
     def __init__(self, content: bytes) -> None:
         self.headers: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[str, str]] = []
         self.subject = ""
         self.from_address: str | None = None
         self.from_domain: str | None = None
@@ -199,8 +202,12 @@ class ParsedMessage:
         buf, start, end = todo.buf, todo.start, todo.end
         where = "message" if index == 0 else f"part {index}"
         header_end, body = self._header_block(buf, start, end, where)
-        fields = self._fields(buf[start:header_end], where)
+        folded = self._fields(buf[start:header_end], where)
+        fields = [
+            (name, _CRLF.sub(" ", _FOLD.sub("", value)).strip(" \t")) for name, value in folded
+        ]
         if index == 0:
+            self.raw_headers = folded
             self._top_level(fields)
 
         ctype_value = self._single(fields, "content-type", where)
@@ -286,7 +293,7 @@ class ParsedMessage:
         return end, end
 
     def _fields(self, block: bytes, where: str) -> list[tuple[str, str]]:
-        """Header fields of one block: names as given, values unfolded (not decoded)."""
+        """Header fields of one block: names and values as given (folded, not decoded)."""
         if not block:
             return []
         # Raw 8-bit header text is UTF-8 when it is anything (RFC 6532); invalid bytes become
@@ -298,11 +305,7 @@ class ParsedMessage:
         parsed = email.parser.Parser(policy=email.policy.compat32).parsestr(text, headersonly=True)
         for defect in parsed.defects:
             self._defect(f"{where}: {type(defect).__name__}")
-        fields = []
-        for name, value in parsed.raw_items():
-            unfolded = _CRLF.sub(" ", _FOLD.sub("", str(value)))
-            fields.append((str(name), unfolded.strip(" \t")))
-        return fields
+        return [(str(name), str(value)) for name, value in parsed.raw_items()]
 
     def _single(self, fields: list[tuple[str, str]], name: str, where: str) -> str | None:
         """The first value of a MIME field; several different ones make the part ambiguous
