@@ -556,3 +556,20 @@ def test_incoming_directory_is_fsynced_unless_the_file_system_covers_it(
     # The file itself always; its directory only where the file's fsync does not cover it.
     assert len(synced) == 1 + directory_fsyncs
     assert spool.load(env.qid).content == CONTENT
+
+
+def test_a_failed_unlink_after_the_link_does_not_refuse_a_queued_message(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def eio(*_args: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    env = make_envelope()
+    monkeypatch.setattr(os, "unlink", eio)
+    spool.commit(env, CONTENT)  # no exception: the message is queued, the client hears 250
+    monkeypatch.undo()
+    assert spool.load(env.qid).content == CONTENT
+    assert files(spool, "incoming") == [env.qid]
+    assert spool.recover() == Recovered(completed=[env.qid])
+    assert files(spool, "incoming") == []
+    assert spool.ids() == [env.qid]

@@ -199,9 +199,10 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoStorage(exc.errno, "insufficient storage") from exc
             raise
-        # Durable in queue/ now; a crash before this unlink leaves two names for one file,
-        # which start-up resolves.
-        _unlink_quietly(incoming)
+        # Queued. If this unlink fails or a crash loses it, the file has two names, which
+        # start-up resolves: an error here must not turn the 250 into a refusal (a duplicate).
+        with contextlib.suppress(OSError):
+            os.unlink(incoming)
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)
