@@ -122,6 +122,15 @@ async def until(predicate: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+HOUR_BACKOFF = {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
+
+
+def is_deferred(scheduler: Scheduler, qid: str) -> bool:
+    """Waiting for its retry timer (its attempt is recorded)."""
+    found = scheduler.describe(qid)
+    return found is not None and found["state"] == "deferred"
+
+
 def test_delivered_message_is_removed(tmp_path: Path) -> None:
     scheduler, deliverer, _, spool = make(tmp_path)
 
@@ -246,9 +255,7 @@ def test_destination_concurrency_and_total_limits(tmp_path: Path) -> None:
 
 
 def test_dead_destination_is_suspended_and_flush_lifts_it(tmp_path: Path) -> None:
-    scheduler, deliverer, _, _ = make(
-        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
-    )
+    scheduler, deliverer, _, _ = make(tmp_path, HOUR_BACKOFF)
     deliverer.replies["a.test"] = "down"
 
     async def body() -> None:
@@ -284,9 +291,7 @@ def test_dead_destination_is_suspended_and_flush_lifts_it(tmp_path: Path) -> Non
 def test_flush_while_an_attempt_is_being_recorded_retries_right_after(tmp_path: Path) -> None:
     # Between the end of a failed attempt and its retry timer, the scheduler writes the state
     # file; a flush in that window must not be lost (nor wait for the backoff).
-    scheduler, deliverer, _, spool = make(
-        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
-    )
+    scheduler, deliverer, _, spool = make(tmp_path, HOUR_BACKOFF)
     deliverer.replies["a.test"] = "deferred"
     writing, release = threading.Event(), threading.Event()
     save_state = spool.save_state
@@ -318,9 +323,7 @@ def test_flush_while_an_attempt_is_being_recorded_retries_right_after(tmp_path: 
 def test_state_that_cannot_be_saved_keeps_the_message_queued(tmp_path: Path) -> None:
     # A full disk while the attempt is recorded: the message keeps its retry timer, a flush
     # retries it, and the state is written once space is back.
-    scheduler, deliverer, _, spool = make(
-        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
-    )
+    scheduler, deliverer, _, spool = make(tmp_path, HOUR_BACKOFF)
     deliverer.replies["a.test"] = "deferred"
     save_state = spool.save_state
     full = threading.Event()
@@ -333,18 +336,17 @@ def test_state_that_cannot_be_saved_keeps_the_message_queued(tmp_path: Path) -> 
 
     spool.save_state = save_state_on_a_full_disk  # type: ignore[method-assign]
 
-    def deferred(qid: str) -> bool:
-        return scheduler.describe(qid)["state"] == "deferred"  # type: ignore[index]
-
     async def body() -> None:
         env = envelope(["x@a.test"])
         await scheduler.enqueue(env, b"m\r\n")
-        await until(lambda: deferred(env.qid))
+        await until(lambda: is_deferred(scheduler, env.qid))
         assert scheduler.entries[env.qid].attempts == 1
         assert spool.load_state(env.qid) is None
         full.clear()
         assert scheduler.flush() == 1
-        await until(lambda: scheduler.entries[env.qid].attempts == 2 and deferred(env.qid))
+        await until(
+            lambda: scheduler.entries[env.qid].attempts == 2 and is_deferred(scheduler, env.qid)
+        )
         assert spool.load_state(env.qid)["attempts"] == 2  # type: ignore[index]
         deliverer.replies["a.test"] = "sent"
         assert scheduler.flush() == 1
@@ -356,9 +358,7 @@ def test_state_that_cannot_be_saved_keeps_the_message_queued(tmp_path: Path) -> 
 
 
 def test_a_failure_while_recording_an_attempt_never_strands_the_message(tmp_path: Path) -> None:
-    scheduler, deliverer, _, _ = make(
-        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
-    )
+    scheduler, deliverer, _, _ = make(tmp_path, HOUR_BACKOFF)
     deliverer.replies["a.test"] = "bounced"
     calls = 0
 
@@ -373,7 +373,7 @@ def test_a_failure_while_recording_an_attempt_never_strands_the_message(tmp_path
         env = envelope(["x@a.test"])
         await scheduler.enqueue(env, b"m\r\n")
         await until(lambda: calls == 1)
-        await until(lambda: scheduler.describe(env.qid)["state"] == "deferred")  # type: ignore[index]
+        await until(lambda: is_deferred(scheduler, env.qid))
         assert scheduler.flush() == 1
         await until(lambda: calls == 2)
         await scheduler.stop()
@@ -382,9 +382,7 @@ def test_a_failure_while_recording_an_attempt_never_strands_the_message(tmp_path
 
 
 def test_a_queue_file_that_cannot_be_read_is_deferred_not_forgotten(tmp_path: Path) -> None:
-    scheduler, deliverer, _, spool = make(
-        tmp_path, {"queue": {"minimal_backoff_time": 3600, "maximal_backoff_time": 3600}}
-    )
+    scheduler, deliverer, _, spool = make(tmp_path, HOUR_BACKOFF)
     damaged = envelope(["x@a.test"])
     broken = envelope(["y@b.test"])
     for env in (damaged, broken):
@@ -399,13 +397,11 @@ def test_a_queue_file_that_cannot_be_read_is_deferred_not_forgotten(tmp_path: Pa
 
     spool.load = failing_load  # type: ignore[method-assign]
 
-    def deferred(qid: str) -> bool:
-        found = scheduler.describe(qid)
-        return found is not None and found["state"] == "deferred"
-
     async def body() -> None:
         assert await scheduler.recover() == 2  # content is read back from the spool
-        await until(lambda: deferred(damaged.qid) and deferred(broken.qid))
+        await until(
+            lambda: is_deferred(scheduler, damaged.qid) and is_deferred(scheduler, broken.qid)
+        )
         assert deliverer.sends == []
         last = scheduler.entries[damaged.qid].last[0]
         assert last[:2] == ("4.3.0", "cannot read the queue file: [Errno 5] Input/output error")
