@@ -442,3 +442,10 @@ def test_from_domains_never_raises(header: bytes) -> None:
     domains, message_id = from_domains(b"From: " + header + b"\r\n\r\nbody")
     assert all(isinstance(d, str) for d in domains)
     assert "\n" not in message_id
+
+
+def test_from_domains_read_the_content_when_the_parser_stopped_before_the_header() -> None:
+    content = b"From: alice@example.com\r\nMessage-ID: <m1@x>\r\n\r\nbody\r\n"
+    stopped = ParsedMessage(content)  # as a parse that ended before the top-level fields
+    assert stopped.raw_headers == []
+    assert from_domains(content, stopped) == (["example.com"], "<m1@x>")

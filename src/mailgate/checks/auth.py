@@ -84,9 +84,10 @@ def from_domains(content: bytes, parsed: ParsedMessage | None = None) -> tuple[l
     """The RFC5322.From domains of a message (see the module doc) and its Message-ID.
 
     From `parsed` (the undecoded top-level fields the pipeline's parser already read) when a
-    check has parsed the message, else from the header section of `content`.
+    check has parsed the message and its parser got that far, else from the header section of
+    `content`.
     """
-    if parsed is not None:
+    if parsed is not None and parsed.raw_headers:
         fields = parsed.raw_headers
         froms = [value for name, value in fields if name.lower() == "from"]
         ids = [value for name, value in fields if name.lower() == "message-id"]
