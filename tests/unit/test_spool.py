@@ -234,6 +234,26 @@ def test_remove(spool: Spool) -> None:
     assert spool.remove(queued.qid) is False
 
 
+def test_delivered_messages_are_removed_in_the_background_in_batches(spool: Spool) -> None:
+    envelopes = [make_envelope() for _ in range(5)]
+    for envelope in envelopes:
+        spool.commit(envelope, CONTENT)
+    spool.save_state(envelopes[0].qid, {"done": []})
+    for envelope in envelopes[:3]:
+        spool.remove_later(envelope.qid, state=envelope is envelopes[0])
+    deadline = time.monotonic() + 10
+    while any(spool.locate(e.qid) for e in envelopes[:3]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [spool.locate(e.qid) for e in envelopes[:3]] == [None] * 3
+    assert files(spool, "state") == []
+    # close() finishes removals still waiting for their batch, then the thread ends.
+    for envelope in envelopes[3:]:
+        spool.remove_later(envelope.qid, state=False)
+    spool.close()
+    assert files(spool, "queue") == []
+    assert not [t for t in threading.enumerate() if t.name == "mailgate-unlink"]
+
+
 # -- recovery --------------------------------------------------------------------------------
 
 
