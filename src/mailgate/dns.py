@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -182,11 +183,33 @@ class DnsPythonResolver:
         # Without EDNS every answer over 512 bytes (DKIM keys, long SPF records) costs a
         # truncated UDP answer and a TCP retry (RFC 6891).
         self._resolver.use_edns(0, 0, _EDNS_PAYLOAD)
+        # dnspython's cache answers after it has built a whole resolution (name, request
+        # state, lock): some 30 us a lookup, and every message asks for its sender domain's
+        # SPF and DMARC records. Answers still within their TTL are taken from this table
+        # first, by the name as asked; negative answers are left to dnspython's cache.
+        self._answers: dict[tuple[str, int], dns.resolver.Answer] | None = None
+        self._cache_size = cache_size
         if cache_size:
             self._resolver.cache = dns.resolver.LRUCache(cache_size)
+            self._answers = {}
 
     async def query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
         """The answer for any record type, errors mapped to `DnsError` subclasses."""
+        answers = self._answers
+        if answers is not None:
+            kept = answers.get((name, rdtype))
+            if kept is not None:
+                if kept.expiration > time.time():
+                    return kept
+                del answers[(name, rdtype)]
+        answer = await self._query(name, rdtype)
+        if answers is not None and answer.rrset is not None:
+            if len(answers) >= self._cache_size:
+                del answers[next(iter(answers))]  # the oldest entry
+            answers[(name, rdtype)] = answer
+        return answer
+
+    async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
         try:
             # Built from labels, not parsed as zone-file text, so "@" or "\\" mean nothing special.
             labels = [label.encode("ascii") for label in ascii_name(name).split(".")]

@@ -359,3 +359,36 @@ def test_cache_answers_within_ttl_without_asking_again(zone: DnsZone, server: Dn
     assert server.queries["short.example", "TXT"] == 2
     asyncio.run(twice(uncached, "cached.example"))
     assert server.queries["cached.example", "TXT"] == 3
+
+
+def test_cache_answers_within_ttl_and_asks_again_after(zone: DnsZone, server: DnsServer) -> None:
+    zone.add("cached.example", "TXT", "v=spf1 -all", ttl=300)
+    zone.add("short.example", "TXT", "v=spf1 ~all", ttl=0)
+    resolver = DnsPythonResolver([server.address], timeout=2.0, cache_size=2)
+
+    async def lookups() -> None:
+        for _ in range(3):
+            assert await resolver.txt("cached.example") == ["v=spf1 -all"]
+            assert await resolver.txt("short.example") == ["v=spf1 ~all"]
+        with pytest.raises(DnsNotFound):
+            await resolver.txt("missing.example")
+        with pytest.raises(DnsNotFound):
+            await resolver.txt("missing.example")
+
+    asyncio.run(lookups())
+    assert server.queries["cached.example", "TXT"] == 1
+    assert server.queries["short.example", "TXT"] == 3  # a zero TTL is never kept
+    assert server.queries["missing.example", "TXT"] == 1  # dnspython's negative cache
+
+    # Bounded: a third name pushes the oldest kept answer out, which is then asked again.
+    zone.add("a.example", "TXT", "a")
+    zone.add("b.example", "TXT", "b")
+
+    async def more() -> None:
+        for name in ("a.example", "b.example", "cached.example"):
+            await resolver.txt(name)
+
+    asyncio.run(more())
+    assert server.queries["cached.example", "TXT"] == 2
+    zone.add("cached.example", "TXT", "v=spf1 +all", ttl=300)  # the zone changes...
+    assert asyncio.run(resolver.txt("cached.example")) == ["v=spf1 -all"]  # ...within the TTL

@@ -70,6 +70,7 @@ _TEXT_URL = re.compile(
 # per byte). Links are found from their anchors instead, which str and re search for at C speed.
 _SCHEME_ANCHOR = re.compile(r":[/\\]")
 _WWW_ANCHOR = re.compile(r"[wW][wW][wW]\.")
+_WWW_LOWER = re.compile(r"www\.")
 _SCHEME_BACK = (5, 4, 3)  # "https:", "http:" or "ftp:" before the colon, longest first
 _TRAILING = ".,;:!?)]}'\"*"
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]{0,30}):")
@@ -233,15 +234,10 @@ def _url_starts(text: str) -> list[int]:
     # Lowering only matters for "W"; without one the text is searched as it is.
     lowered = text.lower() if "W" in text else text
     if len(lowered) == len(text):  # the same positions (lower() only ever lengthens)
-        # "www" rather than "www.": str.find skips ahead on characters absent from the
-        # needle, and "." shares a skip slot with "n", one of the commonest letters.
-        at = lowered.find("www")
-        while at >= 0:
-            if lowered.startswith(".", at + 3):
-                starts.append(at)
-                at = lowered.find("www", at + 4)
-            else:
-                at = lowered.find("www", at + 1)
+        # A literal pattern: the regex engine's literal-prefix search is about twice as fast
+        # as str.find("www") (whose skip table does badly on English text) and a
+        # case-insensitive class many times slower than both.
+        starts.extend(found.start() for found in _WWW_LOWER.finditer(lowered))
     else:
         starts.extend(found.start() for found in _WWW_ANCHOR.finditer(text))
     starts.sort()
