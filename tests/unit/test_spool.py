@@ -249,9 +249,11 @@ def test_delivered_messages_are_removed_in_the_background_in_batches(spool: Spoo
     # close() finishes removals still waiting for their batch, then the thread ends.
     for envelope in envelopes[3:]:
         spool.remove_later(envelope.qid, state=False)
+    remover = spool._remover
+    assert remover is not None
     spool.close()
     assert files(spool, "queue") == []
-    assert not [t for t in threading.enumerate() if t.name == "mailgate-unlink"]
+    assert not remover.is_alive()
 
 
 # -- recovery --------------------------------------------------------------------------------
