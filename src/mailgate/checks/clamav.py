@@ -29,12 +29,16 @@ business; the detail here is for logs and quarantine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
+
+if TYPE_CHECKING:
+    from mailgate.pipeline.replies import Turn
 
 __all__ = ["CHUNK_SIZE", "HEADER", "ClamavCheck", "interpret_reply", "ping"]
 
@@ -78,7 +82,7 @@ class ClamavCheck:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                reply = await _instream(endpoint, ctx.content)
+                reply = await _instream(endpoint, ctx.content, ctx.reply_turn(MODULE, timeout))
         except TimeoutError as exc:
             if deadline.expired():
                 return _error(f"clamd at {endpoint} did not answer within {timeout:g} s")
@@ -147,7 +151,8 @@ async def ping(endpoint: str, timeout: float) -> bool:  # noqa: ASYNC109
         return False
 
 
-async def _instream(endpoint: str, content: bytes) -> str:
+async def _instream(endpoint: str, content: bytes, turn: Turn | None = None) -> str:
+    """clamd's reply to ``content``; with ``turn``, read in that turn (pipeline.replies)."""
     sock = await _connect(endpoint)
     try:
         loop = asyncio.get_running_loop()
@@ -172,7 +177,8 @@ async def _instream(endpoint: str, content: bytes) -> str:
                 raise _ClamdError(
                     f"connection lost while sending the message ({_os_reason(exc)})"
                 ) from exc
-        return await _read_reply(sock)
+        async with turn or contextlib.nullcontext():
+            return await _read_reply(sock)
     finally:
         sock.close()
 

@@ -25,8 +25,11 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from mailgate.pipeline.replies import Turn
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -79,9 +82,12 @@ async def post(
     *,
     limit: int,
     unix: str | None = None,
+    turn: Turn | None = None,
 ) -> tuple[int, bytes]:
     """POST ``body`` to ``url``; the reply's status code and body (at most ``limit`` bytes).
     With ``unix``, the connection goes to that Unix socket; the URL gives the path and Host.
+    With ``turn``, the request goes out at once but the reply is read only in the turn
+    (`mailgate.pipeline.replies`): until then the connection is not listened to.
 
     Raises ConnectError, ProtocolError, ReplyTooLarge, or OSError for a connection lost
     midway; the caller bounds the time (``asyncio.timeout``).
@@ -117,7 +123,15 @@ async def post(
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(str(exc) or type(exc).__name__) from exc
     try:
-        return await reply
+        if turn is None:
+            return await reply
+        paused = not turn.ready
+        if paused:
+            cast(asyncio.ReadTransport, transport).pause_reading()
+        async with turn:
+            if paused:
+                cast(asyncio.ReadTransport, transport).resume_reading()
+            return await reply
     finally:
         transport.close()
 

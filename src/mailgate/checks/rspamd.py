@@ -74,6 +74,7 @@ class RspamdCheck:
                     request_headers(ctx),
                     limit=MAX_REPLY_BYTES,
                     unix=settings.socket,
+                    turn=ctx.reply_turn(MODULE, settings.timeout),
                 )
         except TimeoutError:
             return _error(f"no answer from Rspamd at {endpoint} within {settings.timeout:g}s")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from mailgate.pipeline.replies import ReplyOrder, Turn, Turns
 from mailgate.types import ClientInfo, Envelope
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class ScanContext:
     hostname: str
     protection: Protection
     _parse_limits: tuple[int, int] = field(default=(1000, 30))
+    turns: Turns | None = field(default=None, repr=False, compare=False)
     _parsed: ParsedMessage | None = field(default=None, init=False, repr=False, compare=False)
     _parse_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -103,11 +105,20 @@ class ScanContext:
         """The parsed message if a check has parsed it already, without parsing it here."""
         return self._parsed
 
+    def reply_turn(self, module: str, timeout: float) -> Turn:
+        """When `module`, whose check has `timeout` seconds, may listen for its engine's
+        answer (`async with`): see pipeline.replies."""
+        turns = self.turns if self.turns is not None else _NO_TURNS
+        return turns.turn(module, timeout)
+
     def small(self, limit: int) -> bool:
         """Whether the message is at most `limit` bytes: in-process checks inspect such a
         message on the event loop, where a worker thread's hand-offs would cost more than
         the inspection itself (a fraction of a millisecond)."""
         return len(self.content) <= limit
+
+
+_NO_TURNS = Turns(ReplyOrder(()), [])  # a context outside the pipeline: every turn is now
 
 
 class Check(Protocol):

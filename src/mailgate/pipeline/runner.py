@@ -17,6 +17,7 @@ from mailgate.config.model import Config
 from mailgate.config.protection import Action, Rule, strictest
 from mailgate.metrics import Counters
 from mailgate.pipeline.api import Check, CheckResult, RealClient, ScanContext, Verdict
+from mailgate.pipeline.replies import ReplyOrder
 from mailgate.pipeline.rules import group_recipients
 from mailgate.types import ClientInfo, Envelope
 
@@ -92,6 +93,7 @@ class Pipeline:
     def __init__(self, checks: dict[str, Check], counters: Counters) -> None:
         self.checks = checks
         self.counters = counters
+        self.replies = ReplyOrder()
 
     async def decide(
         self,
@@ -111,7 +113,7 @@ class Pipeline:
         scanning = any(g.rule.mode == "modules" for g in groups)
         modules = [m for m in enabled_modules(config) if m in self.checks] if scanning else []
         ctx = ScanContext(envelope, content, client, real_client, config.main.hostname,
-                          config.protection)  # fmt: skip
+                          config.protection, turns=self.replies.for_message(modules))  # fmt: skip
         results = await self._run(ctx, modules, config.protection.scan_timeout)
         decisions = [self._group(g.rule, g.indices, results) for g in groups]
         return Decision(results, decisions, ctx)
@@ -135,6 +137,9 @@ class Pipeline:
         if not modules:
             return {}
         tasks = {m: asyncio.ensure_future(self.checks[m].scan(ctx)) for m in modules}
+        if ctx.turns is not None:
+            for module, task in tasks.items():  # a check that ends gives up its turn
+                task.add_done_callback(ctx.turns.releaser(module))
         _done, pending = await asyncio.wait(tasks.values(), timeout=deadline)
         for task in pending:
             task.cancel()
