@@ -35,6 +35,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from mailgate.checks.sockets import connect_unix
 from mailgate.pipeline.api import CheckResult, ScanContext, Verdict
 
 if TYPE_CHECKING:
@@ -200,14 +201,7 @@ async def _send(
 async def _connect(endpoint: str) -> socket.socket:
     loop = asyncio.get_running_loop()
     if endpoint.startswith("unix:"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, endpoint[len("unix:") :])
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await connect_unix(endpoint[len("unix:") :])
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise _ClamdError('bad address: use "unix:/path" or "host:port"')

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
+from mailgate.checks.sockets import connect_unix
+
 if TYPE_CHECKING:
     from mailgate.pipeline.replies import Turn
 
@@ -110,7 +112,7 @@ async def post(
             if context is not None:
                 raise ConnectError("no TLS on a Unix socket")
             transport, _ = await loop.create_unix_connection(
-                lambda: _Exchange(request, limit, reply), unix
+                lambda: _Exchange(request, limit, reply), sock=await connect_unix(unix)
             )
         else:
             transport, _ = await loop.create_connection(
