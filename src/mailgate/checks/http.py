@@ -111,9 +111,14 @@ async def post(
         if unix is not None:
             if context is not None:
                 raise ConnectError("no TLS on a Unix socket")
-            transport, _ = await loop.create_unix_connection(
-                lambda: _Exchange(request, limit, reply), sock=await connect_unix(unix)
-            )
+            sock = await connect_unix(unix)
+            try:
+                transport, _ = await loop.create_unix_connection(
+                    lambda: _Exchange(request, limit, reply), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
         else:
             transport, _ = await loop.create_connection(
                 lambda: _Exchange(request, limit, reply),
