@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.parser
 import email.policy
 from email.message import EmailMessage
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.pipeline.message import ParsedMessage, decode_words
+from mailgate.pipeline.message import ParsedMessage, decode_words, header_fields
 
 MAX_PARTS = 1000
 MAX_DEPTH = 30
@@ -523,3 +524,30 @@ def test_mutated_mime_never_raises(raw: bytes, remove: set[int]) -> None:
     check_budget(message, 30, 6)
     out = message.without_parts(remove)
     check_budget(parse(out, 30, 6), 30, 6)
+
+
+# -- header blocks ---------------------------------------------------------------------------
+
+# What can follow the start of a header line: text with colons, tabs, spaces, line-boundary
+# characters that are no line end for the email package (VT, FF, FS, NEL, LS), non-ASCII.
+_VALUE = st.text(st.sampled_from(list("ab: \tZ;=\x0b\x0c\x1c\x85\u2028\xe9\ufffd")), max_size=12)
+_NAME = st.text(st.sampled_from(list("Subject-FromX!~9")), max_size=8)
+_LINE = st.one_of(
+    st.builds(lambda name, value: f"{name}:{value}", _NAME, _VALUE),  # a field ("" name too)
+    st.builds(lambda lead, value: lead + value, st.sampled_from([" ", "\t"]), _VALUE),
+    st.builds(lambda value: "From " + value, _VALUE),  # an mbox envelope line
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.tuples(_LINE, st.sampled_from(["\r\n", "\n"])), min_size=1, max_size=8),
+       st.booleans())  # fmt: skip
+def test_header_fields_are_the_email_packages(lines: list[tuple[str, str]], last_end: bool) -> None:
+    """`header_fields` against the email package's feedparser (compat32), which the walk used
+    before: the same fields, values and defects for every block of header lines."""
+    text = "".join(line + end for line, end in lines)
+    if not last_end:
+        text = text[: -len(lines[-1][1])]
+    parsed = email.parser.Parser(policy=email.policy.compat32).parsestr(text, headersonly=True)
+    expected = [(str(name), str(value)) for name, value in parsed.raw_items()]
+    assert header_fields(text) == (expected, [type(d).__name__ for d in parsed.defects])
