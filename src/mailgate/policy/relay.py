@@ -12,8 +12,12 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from mailgate.types import Mailbox
+
+if TYPE_CHECKING:
+    from mailgate.config.model import RecipientVerification
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -87,3 +91,21 @@ class RelayPolicy:
         if recipient.domain in self.local_domains:
             return RelayDecision(RelayVerdict.LOCAL, f"local domain {recipient.domain}")
         return RelayDecision(RelayVerdict.DENIED, f"{recipient.domain} is not a local domain")
+
+    def check_for(
+        self, decision: RelayDecision, recipient: Mailbox, verification: RecipientVerification
+    ) -> str | None:
+        """What a permitted recipient waits for before its 250: "verify" (its next hop is
+        probed: a local domain's recipient from an untrusted client, with verification on),
+        "domain" (its domain must exist: a trusted client's mail for a domain outside,
+        with reject_unknown_domains), or None."""
+        if decision.verdict is RelayVerdict.LOCAL and verification.mode == "reject_unverified":
+            return "verify"
+        if (
+            decision.verdict is RelayVerdict.TRUSTED
+            and verification.reject_unknown_domains
+            and not recipient.literal
+            and recipient.domain not in self.local_domains
+        ):
+            return "domain"
+        return None

@@ -6,7 +6,12 @@ sends is named here once. Functions build the replies that carry a variable part
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mailgate.types import Reply
+
+if TYPE_CHECKING:
+    from mailgate.config.model import RecipientVerification
 
 OK = Reply(250, "2.0.0", "Ok")
 OK_MAIL = Reply(250, "2.1.0", "Ok")
@@ -57,6 +62,26 @@ def queued(qid: str) -> Reply:
 
 def relay_denied(address: str) -> Reply:
     return Reply(554, "5.7.1", f"<{address}>: Relay access denied")
+
+
+def check_refusal(
+    check: str | None, address: str, status: str, detail: str, settings: RecipientVerification
+) -> Reply | None:
+    """The RCPT refusal when a recipient check failed (Postfix's wording), or None when it
+    passed. `check` is "verify" (the next hop was probed) or "domain" (the domain looked up)."""
+    if status == "ok":
+        return None
+    who = f"<{address}>: Recipient address rejected"
+    if check == "domain":
+        if status == "temp":
+            return Reply(450, "4.1.2", f"{who}: {detail}")
+        code = settings.unknown_domain_reject_code
+        return Reply(code, "5.1.2" if code >= 500 else "4.1.2", f"{who}: {detail}")
+    suffix = f": {detail}" if settings.show_reason and detail else ""
+    if status == "temp":
+        return Reply(450, "4.1.1", f"{who}: unverified address{suffix}")
+    code = settings.reject_code
+    return Reply(code, "5.1.1" if code >= 500 else "4.1.1", f"{who}: undeliverable address{suffix}")
 
 
 def unsupported_option(name: str) -> Reply:

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mailgate.auth.client_origin import real_client
 from mailgate.pipeline.api import RealClient
-from mailgate.policy.relay import RelayVerdict
 from mailgate.smtp import codes
 from mailgate.smtp.address import AddressError, parse_path, printable, split_path
 from mailgate.smtp.data import END_OF_DATA, count_hops, header_section, normalize, received_header
@@ -44,7 +43,6 @@ from mailgate.smtp.params import (
 from mailgate.types import ClientInfo, Envelope, Mailbox, Recipient, Reply
 
 if TYPE_CHECKING:
-    from mailgate.config.model import RecipientVerification
     from mailgate.config.runtime import RuntimeConfig
     from mailgate.smtp.server import SmtpServer
 
@@ -82,25 +80,6 @@ class _Rcpt:
     shown: str = ""
     reason: str = ""
     check: str | None = None  # "verify" | "domain"
-
-
-def _check_refusal(
-    item: _Rcpt, status: str, detail: str, settings: RecipientVerification
-) -> Reply | None:
-    """The refusal for a failed check (Postfix's wording), or None when it passed."""
-    if status == "ok":
-        return None
-    who = f"<{item.shown}>: Recipient address rejected"
-    if item.check == "domain":
-        if status == "temp":
-            return Reply(450, "4.1.2", f"{who}: {detail}")
-        code = settings.unknown_domain_reject_code
-        return Reply(code, "5.1.2" if code >= 500 else "4.1.2", f"{who}: {detail}")
-    suffix = f": {detail}" if settings.show_reason and detail else ""
-    if status == "temp":
-        return Reply(450, "4.1.1", f"{who}: unverified address{suffix}")
-    code = settings.reject_code
-    return Reply(code, "5.1.1" if code >= 500 else "4.1.1", f"{who}: undeliverable address{suffix}")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -464,17 +443,7 @@ class SmtpSession(asyncio.Protocol):
             reply = codes.relay_denied(shown)
             self._log_rcpt(txn, "reject", shown, decision.reason, reply)
             return _Rcpt(reply)
-        verification = config.advanced.verification
-        check = None
-        if decision.verdict is RelayVerdict.LOCAL and verification.mode == "reject_unverified":
-            check = "verify"
-        elif (
-            decision.verdict is RelayVerdict.TRUSTED
-            and verification.reject_unknown_domains
-            and not rcpt.literal
-            and rcpt.domain not in txn.runtime.relay.local_domains
-        ):
-            check = "domain"
+        check = txn.runtime.relay.check_for(decision, rcpt, config.advanced.verification)
         return _Rcpt(None, rcpt, params, shown, decision.reason, check)
 
     async def _rcpt_checks(self, txn: Transaction, items: list[_Rcpt]) -> list[Reply]:
@@ -510,7 +479,7 @@ class SmtpSession(asyncio.Protocol):
         reason = item.reason
         if outcome is not None:
             status, detail = outcome
-            reply = _check_refusal(item, status, detail, settings)
+            reply = codes.check_refusal(item.check, item.shown, status, detail, settings)
             if reply is not None:
                 self._log_rcpt(txn, "reject", item.shown, f"{item.check}: {status}", reply)
                 return reply

@@ -1,0 +1,145 @@
+"""`mailgate trace`: what would happen to a message from a given client, sender and
+recipients (relay decision, recipient check, reply, next hop, rule), without sending it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import click
+
+from mailgate import trace as tracing
+from mailgate.cli.common import Context, fail
+from mailgate.config.model import Config
+from mailgate.trace import LiveLookups, Lookup, RecipientTrace, Trace, TraceError
+from mailgate.types import Mailbox
+from mailgate.verify.cache import Entry, Freshness, VerifyStore, freshness
+from mailgate.verify.service import cache_key, probe_once
+
+if TYPE_CHECKING:
+    from mailgate.dns import DnsPythonResolver
+
+_NOT_CACHED = "not in the verification cache; --probe asks the next hop now"
+
+
+@click.command()
+@click.option("--client", required=True, metavar="IP", help="Address of the connecting client.")
+@click.option("--helo", default="", help="The client's HELO name (shown; rules do not use it).")
+@click.option("--from", "sender", required=True, metavar="ADDRESS",
+              help='Envelope sender; "" or "<>" for the null sender.')  # fmt: skip
+@click.option("--to", "recipients", required=True, multiple=True, metavar="ADDRESS",
+              help="Envelope recipient (repeat for several).")  # fmt: skip
+@click.option("--size", type=click.IntRange(min=0), default=None, help="Message size (MAIL SIZE=).")
+@click.option("--smtputf8", is_flag=True, help="The client declares SMTPUTF8.")
+@click.option("--probe", is_flag=True,
+              help="Ask the next hop now about recipients to verify (a probe, as at RCPT time; "
+              "the result goes to the verification cache). Default: the cache only.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def trace(ctx: Context, client: str, helo: str, sender: str, recipients: tuple[str, ...],
+          size: int | None, smtputf8: bool, probe: bool, as_json: bool) -> None:  # fmt: skip
+    """What the gateway would do with a message from CLIENT: MAIL FROM and each RCPT TO's
+    reply (relay decision, recipient verification), each accepted recipient's next hop and
+    the addresses delivery would try, and the rule and scan modules that would apply. Nothing
+    is sent; uses the stored configuration, which is the running gateway's."""
+    config = ctx.config_service().current().config
+    lookups = LiveLookups(config, _resolver(config), _verifier(ctx, config, probe))
+    try:
+        result = asyncio.run(
+            tracing.trace(config, lookups, client=client, sender=sender,
+                          recipients=list(recipients), helo=helo, size=size, smtputf8=smtputf8)
+        )  # fmt: skip
+    except TraceError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for line in render(result):
+        click.echo(line)
+
+
+def _resolver(config: Config) -> DnsPythonResolver:
+    from mailgate.service import make_resolver
+
+    return make_resolver(config.advanced.dns)
+
+
+def _verifier(ctx: Context, config: Config, probe: bool) -> Callable[[Mailbox], Awaitable[Lookup]]:
+    """Recipient verification for the trace: a probe with --probe, else the cache (the
+    running gateway's, which includes its memory, or the store's when it does not run)."""
+    running = ctx.call("ping") is not None
+
+    async def verify(mailbox: Mailbox) -> Lookup:
+        address = mailbox.address
+        if probe:
+            if running:
+                entry = Entry(**ctx.call("verify.test", address=address))
+            else:
+                entry = await probe_once(config, address, _store(ctx))
+            return Lookup(entry.status, entry.reply, "probe")
+        if running:
+            shown = ctx.call("verify.show", address=address)
+            cached = Entry(**shown) if shown else None
+        else:
+            cached = _store(ctx).get(cache_key(mailbox))
+        if cached is None:
+            return Lookup("unknown", _NOT_CACHED)
+        settings = config.advanced.verification
+        if freshness(cached, time.time(), settings) is Freshness.EXPIRED:
+            return Lookup("unknown", "the cached result has expired; --probe asks the next hop now")
+        when = datetime.fromtimestamp(cached.updated).strftime("%Y-%m-%d %H:%M:%S")
+        return Lookup(cached.status, cached.reply, f"cache, {when}")
+
+    return verify
+
+
+_MODES = {
+    "skip": "no scanning",
+    "reject": "rejected at the end of DATA",
+    "delete": "deleted: 250, never delivered",
+}
+
+
+def _store(ctx: Context) -> VerifyStore:
+    return VerifyStore(ctx.config_service().repository.engine)
+
+
+def render(result: Trace) -> list[str]:
+    """The trace as an administrator reads it: the SMTP dialogue, with the why under each
+    reply."""
+    trusted = "in trusted networks" if result.trusted else "not in trusted networks"
+    upstream = ", a configured upstream gateway" if result.upstream else ""
+    helo = f" (HELO {result.helo})" if result.helo else ""
+    lines = [f"client {result.client}{helo}: {trusted}{upstream}"]
+    lines.append(f"MAIL FROM:<{result.sender.strip('<>')}>: {result.mail_reply}")
+    for item in result.recipients:
+        lines.append(f"RCPT TO:<{item.address}>: {item.reply}")
+        lines.extend(f"    {line}" for line in _details(item))
+    lines.append(f"DATA: {result.data_reply}")
+    return lines
+
+
+def _details(item: RecipientTrace) -> list[str]:
+    out = []
+    if item.relay:
+        out.append(f"relay: {item.relay}")
+    if item.check is not None and item.check_result is not None:
+        found = item.check_result
+        what = "verification" if item.check == "verify" else "domain check"
+        source = f" ({found.source})" if found.source else ""
+        out.append(f"{what}: {found.status}{source}: {found.detail}")
+    if item.next_hop:
+        out.append(f"next hop: {item.next_hop} ({item.via}), TLS {item.tls}")
+        if item.hosts:
+            out.append(f"tries: {', '.join(item.hosts)}")
+        if item.hop_error:
+            out.append(f"delivery would fail: {item.hop_error}")
+    if item.rule:
+        modules = ", ".join(item.modules) if item.modules else "no module enabled"
+        scan = f"scanned by {modules}" if item.rule_mode == "modules" else _MODES[item.rule_mode]
+        out.append(f"rule: {item.rule} ({scan})")
+    return out
