@@ -95,7 +95,10 @@ def test_trace_predicts_every_rcpt_reply(
     )
 
     bob = untrusted["recipients"][0]
-    assert (bob["next_hop"], bob["via"]) == (f"[{INTERNAL_IP}]:{internal.port}", "route example.com")
+    assert (bob["next_hop"], bob["via"]) == (
+        f"[{INTERNAL_IP}]:{internal.port}",
+        "route example.com",
+    )
     assert bob["hosts"] == [INTERNAL_IP]
     assert bob["rule"] == "Default"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from mailgate.cli.check import check
 from mailgate.cli.common import Context
 from mailgate.cli.config import config
 from mailgate.cli.domain import domain
@@ -45,7 +46,7 @@ def cli(ctx: click.Context, data_dir: str | None, store: str | None) -> None:
 
 
 for command in (run, status, domain, settings, rules, config, queue, quarantine_, log_, verify,
-                stats, user, token, trace):  # fmt: skip
+                stats, user, token, check, trace):  # fmt: skip
     cli.add_command(command)
 
 
