@@ -107,8 +107,8 @@ def bounded_config(config: Config, within: float) -> Config:
 
 def backstop(within: float) -> float:
     """The bound of one whole next hop: its steps (each within `within`: DNS, connect,
-    greeting, EHLO, STARTTLS) are bounded by the delivery code; this is only so that nothing
-    can hang. (Cancelled mid-connect, the delivery code leaves its socket to the collector.)"""
+    greeting, EHLO, STARTTLS) are bounded by the delivery code, which then says which step
+    timed out; this is only so that nothing can hang."""
     return 4 * within + 1
 
 

@@ -310,3 +310,31 @@ def test_ipv6_route_and_address_literals(
          source=TRUSTED_IP)  # fmt: skip
     assert v6.wait_for(1)[0].rcpt_to == ["x@v6.test"]
     assert literal.wait_for(1)[0].rcpt_to == ["y@[127.0.0.65]"]
+
+
+def test_a_connection_cancelled_while_waiting_for_the_greeting_is_closed() -> None:
+    """A caller's deadline that cuts the session set-up short (the integration check's, a
+    shutdown) closes the connection instead of leaving it open to the garbage collector."""
+    import asyncio
+
+    from mailgate.config.model import TlsLevel
+    from mailgate.smtp.client import SmtpClient
+
+    async def scenario() -> bytes:
+        hung_up = asyncio.get_running_loop().create_future()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            hung_up.set_result(await reader.read())  # b"" once the client closes
+            writer.close()
+
+        server = await asyncio.start_server(silent, INTERNAL_IP, 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await SmtpClient.connect(host="silent", ip=INTERNAL_IP, port=port,
+                                             helo="mailgate.test", tls=TlsLevel.NONE,
+                                             connect_timeout=5, command_timeout=30)  # fmt: skip
+            return await asyncio.wait_for(hung_up, 5)
+
+    assert asyncio.run(scenario()) == b""

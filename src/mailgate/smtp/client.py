@@ -253,6 +253,9 @@ class SmtpClient:
                 f"lost connection with {where} while setting up the session: {exc}",
                 status="4.4.2",
             ) from None
+        except BaseException:  # cancelled by a caller's deadline: the connection goes too
+            client.close()
+            raise
         return client
 
     async def _hello(self, helo: str) -> None:
