@@ -16,11 +16,12 @@ to a message's content.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from mailgate.config.model import Config, split_host_port
+from mailgate.config.model import Config, RecipientVerification, split_host_port
 from mailgate.config.runtime import RuntimeConfig
 from mailgate.dns import Resolver
 from mailgate.metrics import Counters
@@ -32,9 +33,20 @@ from mailgate.queue.routing import Destination
 from mailgate.smtp import codes
 from mailgate.smtp.address import AddressError, parse_path, printable, split_path
 from mailgate.types import Mailbox, Reply
+from mailgate.verify.cache import Entry, Freshness, freshness
 from mailgate.verify.domains import DomainChecker
 
-__all__ = ["LiveLookups", "Lookup", "Lookups", "RecipientTrace", "Trace", "TraceError", "trace"]
+__all__ = [
+    "NOT_CACHED",
+    "LiveLookups",
+    "Lookup",
+    "Lookups",
+    "RecipientTrace",
+    "Trace",
+    "TraceError",
+    "cached_lookup",
+    "trace",
+]
 
 
 class TraceError(ValueError):
@@ -49,6 +61,20 @@ class Lookup:
     status: str
     detail: str
     source: str = ""  # "cache", "probe", "dns"
+
+
+NOT_CACHED = "not in the verification cache; a probe asks the next hop now"
+
+
+def cached_lookup(entry: Entry | None, settings: RecipientVerification, now: float) -> Lookup:
+    """What the verification cache says of an address, as a session would take it: an
+    expired entry counts as none (the session would probe again)."""
+    if entry is None:
+        return Lookup("unknown", NOT_CACHED)
+    if freshness(entry, now, settings) is Freshness.EXPIRED:
+        return Lookup("unknown", "the cached result has expired; a probe asks the next hop now")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.updated))
+    return Lookup(entry.status, entry.reply, f"cache, {when}")
 
 
 class Lookups(Protocol):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -15,15 +14,13 @@ import click
 from mailgate import trace as tracing
 from mailgate.cli.common import Context, fail
 from mailgate.config.model import Config
-from mailgate.trace import LiveLookups, Lookup, RecipientTrace, Trace, TraceError
+from mailgate.trace import LiveLookups, Lookup, RecipientTrace, Trace, TraceError, cached_lookup
 from mailgate.types import Mailbox
-from mailgate.verify.cache import Entry, Freshness, VerifyStore, freshness
+from mailgate.verify.cache import Entry, VerifyStore
 from mailgate.verify.service import cache_key, probe_once
 
 if TYPE_CHECKING:
     from mailgate.dns import DnsPythonResolver
-
-_NOT_CACHED = "not in the verification cache; --probe asks the next hop now"
 
 
 @click.command()
@@ -86,13 +83,7 @@ def _verifier(ctx: Context, config: Config, probe: bool) -> Callable[[Mailbox], 
             cached = Entry(**shown) if shown else None
         else:
             cached = _store(ctx).get(cache_key(mailbox))
-        if cached is None:
-            return Lookup("unknown", _NOT_CACHED)
-        settings = config.advanced.verification
-        if freshness(cached, time.time(), settings) is Freshness.EXPIRED:
-            return Lookup("unknown", "the cached result has expired; --probe asks the next hop now")
-        when = datetime.fromtimestamp(cached.updated).strftime("%Y-%m-%d %H:%M:%S")
-        return Lookup(cached.status, cached.reply, f"cache, {when}")
+        return cached_lookup(cached, config.advanced.verification, time.time())
 
     return verify
 
