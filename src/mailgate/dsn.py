@@ -2,7 +2,8 @@
 null sender to the original sender, as Postfix's bounce(8).
 
 The returned original is limited to `BOUNCE_SIZE_LIMIT` bytes (Postfix bounce_size_limit):
-beyond it, or with RET=HDRS, only its header section is returned. Every value taken from
+beyond it, or with RET=HDRS, only its header section is returned, as it is in a success
+notice (NOTIFY=SUCCESS, RFC 3461 section 4.3). Every value taken from
 the original message or from a remote server is reduced to one printable line before it is
 written into a header field, so none can add a header of its own.
 """
@@ -91,7 +92,11 @@ def build_report(
     ]
     text = "\r\n".join(parts) + "\r\n"
     full = original.prepend.encode("utf-8") + content
-    if original.ret == "HDRS" or len(full) > BOUNCE_SIZE_LIMIT:
+    if not failed:  # RFC 3461 section 4.3: a report without a failure returns the headers
+        returned_type = "text/rfc822-headers"
+        returned = header_section(full)
+        description = "Message Headers"
+    elif original.ret == "HDRS" or len(full) > BOUNCE_SIZE_LIMIT:
         returned_type = "text/rfc822-headers"
         returned = header_section(full)
         description = "Undelivered Message Headers"
@@ -115,6 +120,13 @@ def _human_text(
         lines += [
             "I'm sorry to have to inform you that your message could not",
             "be delivered to one or more recipients. It's attached below.",
+        ]
+    elif all(r.action in ("delivered", "relayed") for r in reports):
+        lines += [  # Postfix's words for a success notice
+            "Your message was successfully delivered to the destination(s)",
+            "listed below. If the message was delivered to mailbox you will",
+            "receive no further notifications. Otherwise you may still receive",
+            "notifications of mail delivery errors from other systems.",
         ]
     else:
         lines += ["This is a report about your message, which is attached below."]

@@ -338,3 +338,49 @@ def test_a_connection_cancelled_while_waiting_for_the_greeting_is_closed() -> No
             return await asyncio.wait_for(hung_up, 5)
 
     assert asyncio.run(scenario()) == b""
+
+
+NO_DSN = ("PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES")
+
+
+def test_notify_success_to_a_next_hop_without_dsn_gets_a_relayed_notice(
+    start_gateway: Callable[..., Gateway], start_sink: Callable[..., Sink]
+) -> None:
+    """RFC 3461 section 6.2.6, as Postfix: the next hop cannot carry NOTIFY=SUCCESS on, so
+    mailgate reports "relayed" to the sender itself; a recipient without it gets nothing."""
+    internal = start_sink(INTERNAL_IP)
+    internet = start_sink(INTERNET_IP, extensions=NO_DSN)
+    gw = start_gateway(seed_config(internal, internet))
+    with gw.client(source=TRUSTED_IP) as client:
+        client.ehlo()
+        client.mail("bob@example.com")
+        assert client.rcpt("friend@other.org", ["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert client.rcpt("quiet@other.org")[0] == 250
+        assert client.data(b"Subject: tell me\r\nMessage-ID: <s1@example.com>\r\n\r\nbody\r\n")[
+            0
+        ] == 250  # fmt: skip
+    (delivered,) = internet.wait_for(1)
+    assert delivered.rcpt_options == [[], []]  # nothing to pass on to a server without DSN
+    (notice,) = internal.wait_for(1)
+    assert (notice.mail_from, notice.rcpt_to) == ("", ["bob@example.com"])
+    dsn, recipients, returned = dsn_parts(notice.data)
+    assert dsn["Subject"] == "Successful Mail Delivery Report"
+    assert [(f["Final-Recipient"], f["Action"], f["Status"]) for f in recipients] == [
+        ("rfc822; friend@other.org", "relayed", "2.0.0")
+    ]
+    assert recipients[0]["Remote-MTA"] == f"dns; {INTERNET_IP}"
+    assert returned.get_content_type() == "text/rfc822-headers"
+    wait_until(lambda: gw.queue() == [], what="the queue to empty")
+
+
+def test_notify_success_to_a_next_hop_with_dsn_is_passed_on(
+    gw: Gateway, internal: Sink, internet: Sink
+) -> None:
+    """The next hop offers DSN: NOTIFY and ORCPT go with the recipient, and reporting success
+    is the next hop's job (mailgate sends no notice of its own)."""
+    send(gw, "bob@example.com", ["friend@other.org"], b"Subject: pass it on\r\n\r\nbody\r\n",
+         source=TRUSTED_IP, rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;Friend@Other.org"])  # fmt: skip
+    (delivered,) = internet.wait_for(1)
+    assert delivered.rcpt_options == [["NOTIFY=SUCCESS", "ORCPT=rfc822;Friend@Other.org"]]
+    wait_until(lambda: gw.queue() == [], what="the queue to empty")
+    assert internal.messages == []

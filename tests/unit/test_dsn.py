@@ -377,3 +377,28 @@ def test_dsn_envelope_received_header() -> None:
     assert dsn.prepend.endswith("\r\n")
     assert dsn.prepend.count("\r\n") == 1
     assert "\n" not in dsn.prepend[:-2]
+
+
+def test_success_notice_returns_the_headers_only_in_postfix_words() -> None:
+    relayed = RecipientReport(
+        Recipient("bob@example.com", "example.com", notify=("SUCCESS",)),
+        "relayed",
+        "2.0.0",
+        "smtp; 250 2.0.0 Ok: queued as 4F3K2",
+        "mx.example.com",
+    )
+    raw = build_report(original=envelope(), content=CONTENT, reports=[relayed], hostname=HOST,
+                       now=NOW)  # fmt: skip
+    dsn = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(dsn, EmailMessage)
+    assert dsn["Subject"] == "Successful Mail Delivery Report"
+    text, status, returned = list(dsn.iter_parts())
+    assert "Your message was successfully delivered to the destination(s)" in text.get_content()
+    assert "<bob@example.com>: smtp; 250 2.0.0 Ok: queued as 4F3K2" in text.get_content()
+    [_, fields] = status.get_payload()
+    assert (fields["Action"], fields["Status"]) == ("relayed", "2.0.0")
+    assert fields["Remote-MTA"] == "dns; mx.example.com"
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned["Content-Description"] == "Message Headers"
+    assert b"Subject: quarterly report" in raw
+    assert b"Body line one." not in raw

@@ -47,6 +47,9 @@ class Outcome:
     text: str
     remote: str | None = None
     reply: Reply | None = None
+    # The next hop offers DSN, so the recipient's NOTIFY went with it: reporting success is
+    # its job from here (RFC 3461 section 6.2.6); else mailgate reports "relayed" itself.
+    dsn_passed: bool = False
 
     @property
     def diagnostic(self) -> str:
@@ -213,7 +216,7 @@ class Deliverer:
             elif txn.data is None:
                 outcomes.append(Outcome(i, "deferred", "4.0.0", "no DATA reply", remote))
             else:
-                outcomes.append(_from_reply(i, txn.data, remote))
+                outcomes.append(_from_reply(i, txn.data, remote, dsn_passed=dsn_ok))
         return outcomes
 
     @staticmethod
@@ -239,8 +242,9 @@ def _rcpt_options(recipient: Recipient, dsn_ok: bool) -> list[str]:
     return options
 
 
-def _from_reply(index: int, reply: Reply, remote: str) -> Outcome:
-    return Outcome(index, _status_for(reply), default_status(reply), str(reply), remote, reply)
+def _from_reply(index: int, reply: Reply, remote: str, *, dsn_passed: bool = False) -> Outcome:
+    return Outcome(index, _status_for(reply), default_status(reply), str(reply), remote, reply,
+                   dsn_passed)  # fmt: skip
 
 
 def failure_outcomes(indices: list[int], failure: DestinationFailure) -> list[Outcome]:

@@ -49,6 +49,7 @@ RECIPIENTS_PER_TRANSACTION = 50  # Postfix smtp_destination_recipient_limit
 # (the page cache, usually) when its delivery starts, so a backlog costs disk, not memory.
 CONTENT_MEMORY_BUDGET = 32 * 1024 * 1024
 _PENDING, _SENT, _BOUNCED = "P", "S", "B"
+SUCCESS_ACTIONS = frozenset({"delivered", "relayed"})
 
 
 @dataclass(eq=False)
@@ -352,6 +353,13 @@ class Scheduler:
             if outcome.status == "sent":
                 entry.status[outcome.index] = _SENT
                 self.delivered += 1
+                if recipient.wants_success_report and not outcome.dsn_passed:
+                    remote_host = outcome.remote.partition("[")[0] if outcome.remote else None
+                    entry.reports.append(
+                        RecipientReport(
+                            recipient, "relayed", outcome.dsn, outcome.diagnostic, remote_host
+                        )
+                    )
             elif outcome.status == "bounced":
                 entry.status[outcome.index] = _BOUNCED
                 self.bounced += 1
@@ -435,13 +443,14 @@ class Scheduler:
             pending = []
         if entry.reports:
             reports, entry.reports = entry.reports, []
-            try:
-                stored = await self._notify_sender(entry, reports)
-            except Exception:
-                log.exception("%s: cannot build the non-delivery notification", entry.qid)
-                stored = False
-            if not stored:
-                for report in reports:  # the DSN is not stored: keep trying these recipients
+            successes = [r for r in reports if r.action in SUCCESS_ACTIONS]
+            failures = [r for r in reports if r.action not in SUCCESS_ACTIONS]
+            # A success notice that cannot be stored is logged and not tried again: the
+            # message itself was delivered, and delivering it again would be a duplicate.
+            if successes and not await self._notify_sender(entry, successes):
+                log.error("%s: the delivery status notification was not sent", entry.qid)
+            if failures and not await self._notify_sender(entry, failures):
+                for report in failures:  # the DSN is not stored: keep trying these recipients
                     entry.status[envelope.recipients.index(report.recipient)] = _PENDING
                 pending = entry.pending()
         if not pending:
@@ -477,20 +486,28 @@ class Scheduler:
             entry.flush_requested = False
 
     async def _notify_sender(self, entry: Entry, reports: list[RecipientReport]) -> bool:
-        """Queue one DSN for these failures; False if it could not be stored."""
+        """Queue one DSN for these reports (all failures, or all successes); False if it
+        could not be built or stored."""
         envelope = entry.envelope
         if envelope.is_bounce:
-            log.info("%s: undeliverable bounce discarded (no DSN to the null sender)", entry.qid)
+            if reports[0].action not in SUCCESS_ACTIONS:
+                log.info("%s: undeliverable bounce discarded (no DSN to the null sender)",
+                         entry.qid)  # fmt: skip
             return True
-        return await self.report(envelope, await self._content(entry), reports)
+        try:
+            return await self.report(envelope, await self._content(entry), reports)
+        except Exception:
+            log.exception("%s: cannot build the delivery status notification", entry.qid)
+            return False
 
     async def report(self, envelope: Envelope, original: bytes,
                      reports: list[RecipientReport]) -> bool:  # fmt: skip
-        """Queue one DSN to the sender of `envelope` (never to the null sender, never against
-        NOTIFY=NEVER); False if it could not be stored."""
+        """Queue one DSN to the sender of `envelope` (never to the null sender, only as each
+        recipient's NOTIFY asks: failures unless NEVER, successes with SUCCESS); False if it
+        could not be stored."""
         if envelope.is_bounce:
             return True
-        wanted = [r for r in reports if r.recipient.wants_failure_report]
+        wanted = [r for r in reports if _wanted(r)]
         if not wanted:
             return True
         runtime = self._runtime()
@@ -507,9 +524,10 @@ class Scheduler:
         try:
             await self.enqueue(dsn, content)
         except OSError as exc:
-            log.error("%s: cannot queue the non-delivery notification: %s", envelope.qid, exc)
+            log.error("%s: cannot queue the delivery status notification: %s", envelope.qid, exc)
             return False
-        log.info("%s: sender non-delivery notification: %s", envelope.qid, qid)
+        what = "delivery status" if wanted[0].action in SUCCESS_ACTIONS else "non-delivery"
+        log.info("%s: sender %s notification: %s", envelope.qid, what, qid)
         return True
 
     def _schedule(self, entry: Entry, delay: float) -> None:
@@ -624,3 +642,10 @@ def _entry_from_state(envelope: Envelope, state: dict[str, Any] | None) -> Entry
             entry.last[int(key)] = (str(value[0]), str(value[1]), value[2])
     entry.has_state = True
     return entry
+
+
+def _wanted(report: RecipientReport) -> bool:
+    """Whether the recipient's NOTIFY asks for this report (RFC 3461 section 4.1)."""
+    if report.action in SUCCESS_ACTIONS:
+        return report.recipient.wants_success_report
+    return report.recipient.wants_failure_report
