@@ -638,6 +638,11 @@ SHOTS = [
     ("quarantine", "/quarantine", "Quarantine"),
     ("accounts", "/accounts", "Accounts"),
     ("audit-log", "/audit", "Audit log with field-level changes"),
+    (
+        "diagnostics",
+        "/diagnostics",
+        "Diagnostics: the integration check, a failure marked with its fix",
+    ),
 ]
 
 
@@ -746,6 +751,9 @@ def test_screenshots_of_the_main_pages(
         else:
             page.goto(gw.web_url + path)
         expect(page.locator("main h1")).to_be_visible()
+        if name == "diagnostics":  # the branch's route points at a closed port: one failure
+            page.get_by_role("button", name="Run the integration check").click()
+            expect(page.locator("#findings tr[data-status=fail]").first).to_be_visible()
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
         lines.append(f"- [{caption}]({name}.png)")
     (SCREENSHOTS / "README.md").write_text("\n".join(lines) + "\n")

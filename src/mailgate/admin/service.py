@@ -23,9 +23,13 @@ from mailgate.admin.audit import AuditLog, diff
 from mailgate.config import service as edits
 from mailgate.config.model import Config
 from mailgate.config.repository import Revision
+from mailgate.integration_check import Finding, run_checks
 from mailgate.queue.manager import QueueError
 from mailgate.store.schema import message_deliveries, message_log
+from mailgate.trace import LiveLookups, Lookup, Trace, cached_lookup
+from mailgate.trace import trace as run_trace
 from mailgate.tracking import Search
+from mailgate.types import Mailbox
 from mailgate.verify.service import cache_key, entry_json, parse_address
 
 if TYPE_CHECKING:
@@ -141,6 +145,51 @@ class Admin:
             self.audit.record, actor.username, "verify.flush", target, {"removed": count}
         )
         return count
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    async def trace(
+        self,
+        *,
+        client: str,
+        sender: str,
+        recipients: list[str],
+        helo: str = "",
+        size: int | None = None,
+        smtputf8: bool = False,
+        probe: bool = False,
+        actor: Account | None = None,
+    ) -> Trace:
+        """What the gateway would do with a message (`mailgate trace`): recipient verification
+        from the cache (memory, then the store), or by probing now with `probe` (audited as
+        verify.test). Raises TraceError for an unusable client or no recipient."""
+        config = self.config
+        verifier = self.gateway.verifier
+
+        async def verify(mailbox: Mailbox) -> Lookup:
+            address = mailbox.address
+            if probe:
+                entry = await verifier.verify_now(address)
+                who = actor.username if actor is not None else "-"
+                await self._run(
+                    self.audit.record, who, "verify.test", address, {"status": entry.status}
+                )
+                return Lookup(entry.status, entry.reply, "probe")
+            key = cache_key(mailbox)
+            cached = verifier.memory.get(key)
+            if cached is None and verifier.store is not None:
+                cached = await self._run(verifier.store.get, key)
+            return cached_lookup(cached, config.advanced.verification, time.time())
+
+        lookups = LiveLookups(config, self.gateway.resolver, verify)
+        return await run_trace(config, lookups, client=client, sender=sender,
+                               recipients=recipients, helo=helo, size=size,
+                               smtputf8=smtputf8)  # fmt: skip
+
+    async def integration_check(self, timeout: float) -> list[Finding]:  # noqa: ASYNC109 - per step
+        """The integration check (`mailgate check`) against the live network, each network
+        step bounded by `timeout` seconds."""
+        return await run_checks(self.config, resolver=self.gateway.resolver, timeout=timeout)
 
     # -- message log -----------------------------------------------------------------------
 

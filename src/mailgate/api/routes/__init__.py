@@ -10,6 +10,7 @@ from mailgate.api.routes import (
     accounts,
     audit,
     config,
+    diagnostics,
     domains,
     log,
     quarantine,
@@ -34,5 +35,5 @@ _cookie = APIKeyCookie(
 router = APIRouter()
 router.include_router(session.router)  # logging in needs no credentials yet
 for module in (domains, settings, rules, queue, verify, log, quarantine, accounts, tokens, audit,
-               config, stats):  # fmt: skip
+               config, stats, diagnostics):  # fmt: skip
     router.include_router(module.router, dependencies=[Depends(_bearer), Depends(_cookie)])

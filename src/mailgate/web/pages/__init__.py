@@ -1,6 +1,7 @@
 """The web interface's pages, one module per section of the navigation (the seed's names):
 log in, dashboard, Settings → Built-in MTA (domains, main and advanced settings), Settings →
-General → Protection, rules, queue, message log, quarantine, accounts and the audit log."""
+General → Protection, rules, queue, diagnostics (integration check, trace), message log,
+quarantine, accounts and the audit log."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter
 from mailgate.web.pages import (
     accounts,
     dashboard,
+    diagnostics,
     domains,
     log,
     login,
@@ -19,5 +21,6 @@ from mailgate.web.pages import (
 )
 
 router = APIRouter(include_in_schema=False)
-for module in (login, dashboard, domains, settings, rules, queue, log, quarantine, accounts):
+for module in (login, dashboard, domains, settings, rules, queue, log, quarantine, accounts,
+               diagnostics):  # fmt: skip
     router.include_router(module.router)

@@ -1,0 +1,123 @@
+"""Diagnostics: the integration check (`mailgate check`: the seed's integration tested against
+the live network, each finding with what to fix) and a message trace (`mailgate trace`: the
+SMTP dialogue a client would get, each recipient's check, next hop and rule; nothing is sent).
+
+Both are administrators' operations, posted with the CSRF token: the check connects to the
+relayhost, the routes and the internal servers, and a trace may probe the next hops. Their
+results are shown on the page itself (nothing is changed, so there is nothing to redirect to).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from mailgate.cli.trace import render as dialogue
+from mailgate.trace import Trace, TraceError
+from mailgate.web.pages.common import Ctx, changer, page, render, viewer
+from mailgate.web.pages.forms import FormField, attach_errors, read_all
+
+router = APIRouter()
+BASE = "/diagnostics"
+MAX_RECIPIENTS = 1000
+MAX_LENGTH = 512
+CHECK_TIMEOUT = 10.0
+
+
+def trace_fields() -> list[FormField]:
+    return [
+        FormField("client", "Client IP address",
+                  help="The address of the connecting client: trusted networks, upstream "
+                  "gateways and rules are decided by it."),
+        FormField("helo", "HELO name", help="Shown only; no decision depends on it."),
+        FormField("sender", "Sender",
+                  help='The envelope sender (MAIL FROM); empty for the null sender "<>".'),
+        FormField("recipients", "Recipients", kind="lines",
+                  help="The envelope recipients (RCPT TO), one per line."),
+        FormField("probe", "Probe the next hop now", kind="checkbox",
+                  help="Ask the internal server about recipients to verify, as at RCPT time "
+                  "(the result goes to the verification cache). Off: the cache only."),
+    ]  # fmt: skip
+
+
+def _page(
+    ctx: Ctx,
+    status: int = 200,
+    *,
+    fields: list[FormField] | None = None,
+    general: list[str] | None = None,
+    result: Trace | None = None,
+    findings: list[Any] | None = None,
+) -> Response:
+    return render(
+        ctx,
+        "diagnostics.html",
+        status,
+        title="Diagnostics",
+        section="diagnostics",
+        fields=fields or trace_fields(),
+        general=general or [],
+        result=result,
+        lines=dialogue(result) if result is not None else [],
+        findings=findings,
+        failed=any(f.status == "fail" for f in findings or []),
+    )
+
+
+@router.get(BASE)
+@page
+async def diagnostics(request: Request) -> Response:
+    ctx = await viewer(request)
+    return _page(ctx)
+
+
+def _problems(values: dict[str, Any]) -> list[str]:
+    """What the form itself refuses ("field: message"), before the trace is made."""
+    out = []
+    for name in ("client", "helo", "sender"):
+        if len(values[name]) > MAX_LENGTH:
+            out.append(f"{name}: at most {MAX_LENGTH} characters")
+    recipients = values["recipients"]
+    if len(recipients) > MAX_RECIPIENTS:
+        out.append(f"recipients: at most {MAX_RECIPIENTS} recipients")
+    if any(len(r) > MAX_LENGTH for r in recipients):
+        out.append(f"recipients: at most {MAX_LENGTH} characters each")
+    return out
+
+
+@router.post(BASE + "/trace")
+@page
+async def trace(request: Request) -> Response:
+    ctx = await changer(request)
+    form = await request.form()
+    fields = trace_fields()
+    values = read_all(fields, form)
+    for name in ("client", "helo", "sender"):
+        values[name] = values[name].strip()
+    problems = _problems(values)
+    if not problems:
+        try:
+            result = await ctx.admin.trace(
+                client=values["client"],
+                sender=values["sender"],
+                recipients=values["recipients"],
+                helo=values["helo"],
+                probe=values["probe"],
+                actor=ctx.account,
+            )
+        except TraceError as exc:
+            problems = [str(exc)]
+        else:
+            return _page(ctx, fields=fields, result=result)
+    general = attach_errors(fields, problems)
+    return _page(ctx, 422, fields=fields, general=general)
+
+
+@router.post(BASE + "/check")
+@page
+async def check(request: Request) -> Response:
+    ctx = await changer(request)
+    findings = await ctx.admin.integration_check(CHECK_TIMEOUT)
+    return _page(ctx, findings=findings)

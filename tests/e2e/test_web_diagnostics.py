@@ -1,0 +1,149 @@
+"""The Diagnostics page in a real browser (Chromium driven by Playwright): opened from the
+navigation, a message traced (the SMTP dialogue and a row per recipient, a bad client address
+shown next to its field), the integration check run against the seed's topology with real
+listeners (all ok, then a failure marked once the border gateway stops). Its screenshot is
+taken with the other pages' in test_web_ui."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from mailgate.testing.sink import Sink, refuse_unknown
+from tests.conftest import BORDER_IP, EXTERNAL_CLIENT_IP, INTERNAL_IP, Gateway
+from tests.e2e.test_web_ui import Browsing, browser, browsing, login, open_section
+
+pytestmark = pytest.mark.e2e
+
+__all__ = ["browser", "browsing"]  # the browser fixtures, shared with test_web_ui
+
+MAILBOXES = ["postmaster@example.com", "bob@example.com"]
+
+
+def seed(relay_port: int, internal_port: int, nameserver: str) -> dict[str, Any]:
+    return {
+        "domains": [{"name": "example.com", "route": {"host": INTERNAL_IP, "port": internal_port}}],
+        "main": {
+            "destination": "border_gateway",
+            "relayhost": {"host": BORDER_IP, "port": relay_port},
+            "trusted_networks": [f"{INTERNAL_IP}/32"],
+        },
+        "advanced": {
+            "dns": {"nameservers": [nameserver], "timeout": 2},
+            "verification": {"mode": "reject_unverified"},
+        },
+        "protection": {"upstream_gateways": [BORDER_IP]},
+    }
+
+
+def trace(page: Page, client: str, recipients: list[str], probe: bool = True) -> None:
+    form = page.locator("#trace form")
+    form.get_by_label("Client IP address").fill(client)
+    form.get_by_label("HELO name").fill("mx.ext.org")
+    form.get_by_label("Sender").fill("alice@ext.org")
+    form.get_by_label("Recipients").fill("\n".join(recipients))
+    probe_box = form.get_by_label("Probe the next hop now")
+    if probe:
+        probe_box.check()
+    else:
+        probe_box.uncheck()
+    form.get_by_role("button", name="Trace").click()
+
+
+def test_trace_and_integration_check_through_the_web_interface(
+    start_gateway: Callable[..., Gateway],
+    start_sink: Callable[..., Sink],
+    dns_zone: tuple[Any, str],
+    browsing: Browsing,
+) -> None:
+    internal = start_sink(INTERNAL_IP, rcpt_reply=refuse_unknown(MAILBOXES))
+    border = start_sink(BORDER_IP)
+    gw = start_gateway(seed(border.port, internal.port, dns_zone[1]), web=True)
+    page = browsing.page()
+    login(page, gw)
+    open_section(page, "Diagnostics")
+    expect(page).to_have_url(gw.web_url + "/diagnostics")
+
+    # A trace: the local recipient verified by a probe and accepted, the other one denied.
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com", "x@other.example"])
+    dialogue = page.locator("#dialogue")
+    expect(dialogue).to_contain_text(
+        f"client {EXTERNAL_CLIENT_IP} (HELO mx.ext.org): not in trusted networks"
+    )
+    expect(dialogue).to_contain_text("MAIL FROM:<alice@ext.org>: 250 2.1.0 Ok")
+    expect(dialogue).to_contain_text("RCPT TO:<bob@example.com>: 250 2.1.5 Ok\n")
+    expect(dialogue).to_contain_text("verification: ok (probe)")
+    expect(dialogue).to_contain_text(
+        "RCPT TO:<x@other.example>: 554 5.7.1 <x@other.example>: Relay access denied"
+    )
+    expect(dialogue).to_contain_text("DATA: 354 End data with <CR><LF>.<CR><LF>")
+    rows = page.locator("#trace-recipients tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator("td").nth(1)).to_have_text("250 2.1.5 Ok")
+    expect(rows.nth(0)).to_contain_text(f"[{INTERNAL_IP}]:{internal.port}")
+    expect(rows.nth(1).locator("td").nth(1)).to_have_text(
+        "554 5.7.1 <x@other.example>: Relay access denied"
+    )
+    assert internal.sessions > 0  # the probe asked the internal server
+    # The form keeps what was typed.
+    expect(page.get_by_label("Recipients")).to_have_value("bob@example.com\nx@other.example")
+
+    # A client that is no IP address: the error next to the field, no trace.
+    trace(page, "mx.ext.org", ["bob@example.com"], probe=False)
+    expect(page.locator("[data-error-for=client]")).to_have_text(
+        "'mx.ext.org' is not an IP address"
+    )
+    expect(page.get_by_label("Client IP address")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_role("alert")).to_contain_text("The trace was not made.")
+    expect(page.locator("#dialogue")).to_have_count(0)
+
+    # The integration check: every finding ok.
+    page.get_by_role("button", name="Run the integration check").click()
+    findings = page.locator("#findings tbody tr")
+    expect(page.get_by_role("status")).to_have_text("No check failed.")
+    expect(findings.first).to_contain_text("local domains")
+    expect(page.locator("#findings tr[data-status=ok]")).to_have_count(findings.count())
+    expect(page.locator("#findings")).to_contain_text(
+        f"route example.com [{INTERNAL_IP}]:{internal.port}"
+    )
+    expect(page.locator("#findings")).to_contain_text(
+        "postmaster accepted, an unknown address refused"
+    )
+
+    # The border gateway stops: its finding fails, marked, with what to fix.
+    border.stop()
+    page.get_by_role("button", name="Run the integration check").click()
+    expect(page.get_by_role("alert")).to_have_text(
+        "1 check(s) failed: see the marked rows and their fixes."
+    )
+    failed = page.locator("#findings tr.finding-fail")
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text(f"relayhost [{BORDER_IP}]:{border.port}")
+    expect(failed).to_contain_text("Connection refused")
+    expect(failed).to_contain_text("mailgate settings main --relayhost")
+    expect(failed.locator(".badge")).to_have_text("FAIL")
+
+
+def test_auditor_sees_diagnostics_without_controls_and_cannot_post(
+    start_gateway: Callable[..., Gateway], browsing: Browsing
+) -> None:
+    gw = start_gateway(web=True)
+    assert gw.gateway is not None
+    gw.gateway.admin.accounts.create("audrey", "auditor-password-1", "auditor")
+    page = browsing.page()
+    login(page, gw, "audrey", "auditor-password-1")
+    open_section(page, "Diagnostics")
+    expect(page.locator("main")).to_contain_text("The diagnostics are for administrators")
+    expect(page.locator("main form[method=post]")).to_have_count(0)
+    token = page.locator("#logout input[name=csrf_token]").get_attribute("value")
+    assert token
+    for path in ("/diagnostics/check", "/diagnostics/trace"):
+        refused = page.request.post(
+            gw.web_url + path,
+            form={"csrf_token": token, "client": EXTERNAL_CLIENT_IP, "sender": "a@ext.org",
+                  "recipients": "bob@example.com"},
+        )  # fmt: skip
+        assert refused.status == 403, path
