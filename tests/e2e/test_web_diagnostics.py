@@ -15,28 +15,13 @@ from playwright.sync_api import Page, expect
 from mailgate.testing.sink import Sink, refuse_unknown
 from tests.conftest import BORDER_IP, EXTERNAL_CLIENT_IP, INTERNAL_IP, Gateway
 from tests.e2e.test_web_ui import Browsing, browser, browsing, login, open_section
+from tests.integration.test_api_diagnostics import seed
 
 pytestmark = pytest.mark.e2e
 
 __all__ = ["browser", "browsing"]  # the browser fixtures, shared with test_web_ui
 
 MAILBOXES = ["postmaster@example.com", "bob@example.com"]
-
-
-def seed(relay_port: int, internal_port: int, nameserver: str) -> dict[str, Any]:
-    return {
-        "domains": [{"name": "example.com", "route": {"host": INTERNAL_IP, "port": internal_port}}],
-        "main": {
-            "destination": "border_gateway",
-            "relayhost": {"host": BORDER_IP, "port": relay_port},
-            "trusted_networks": [f"{INTERNAL_IP}/32"],
-        },
-        "advanced": {
-            "dns": {"nameservers": [nameserver], "timeout": 2},
-            "verification": {"mode": "reject_unverified"},
-        },
-        "protection": {"upstream_gateways": [BORDER_IP]},
-    }
 
 
 def trace(page: Page, client: str, recipients: list[str], probe: bool = True) -> None:

@@ -5,7 +5,7 @@ gateway, another as the internal server); invalid input named by field; administ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,6 +13,9 @@ import pytest
 
 from mailgate.testing.sink import Sink, refuse_unknown
 from tests.conftest import BORDER_IP, EXTERNAL_CLIENT_IP, INTERNAL_IP, Gateway, free_port
+from tests.integration.test_api import clients, login
+
+__all__ = ["clients"]  # the API client fixture, shared with test_api
 
 API = "/api/v1"
 PASSWORD = "correct horse battery"
@@ -45,27 +48,6 @@ def internal(start_sink: Callable[..., Sink]) -> Sink:
 @pytest.fixture
 def nameserver(dns_zone: tuple[Any, str]) -> str:
     return dns_zone[1]
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., httpx.Client]]:
-    made: list[httpx.Client] = []
-
-    def make(gw: Gateway) -> httpx.Client:
-        client = httpx.Client(base_url=gw.web_url + API, timeout=60)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
-def login(client: httpx.Client, username: str, password: str) -> httpx.Client:
-    reply = client.post("/session", json={"username": username, "password": password})
-    assert reply.status_code == 200, reply.text
-    client.headers["X-CSRF-Token"] = reply.json()["csrf"]
-    return client
 
 
 @pytest.fixture
