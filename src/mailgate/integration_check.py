@@ -25,6 +25,7 @@ from mailgate.config.model import Config, split_host_port
 from mailgate.config.protection import Action, Rule
 from mailgate.dns import DnsError, DnsPythonResolver, Resolver
 from mailgate.pipeline.runner import enabled_modules
+from mailgate.policy.relay import ipv4_view, overlaps
 from mailgate.queue.delivery import Deliverer, DestinationFailure
 from mailgate.queue.routing import Destination, Router
 from mailgate.smtp.client import ConnectionFailed
@@ -32,13 +33,11 @@ from mailgate.verify.cache import Entry
 from mailgate.verify.service import probe_once
 
 Status = Literal["ok", "warn", "fail"]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Probe = Callable[[Config, str, None], Awaitable[Entry]]
 
 # A name that can never have a domain record of its own (RFC 2606): its next hop is the
 # relayhost, as for any domain without a route.
 _ANY_DOMAIN = "mailgate-check.invalid"
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _LOOP_DSN = "5.4.6"
 _ROUTE_FIX = "mailgate domain set {name} --route HOST[:PORT]"
 _TRUSTED_FIX = "mailgate settings main --trusted-network NETWORK (repeat; replaces the list)"
@@ -309,26 +308,6 @@ async def border_networks(
     except (TimeoutError, DestinationFailure, DnsError):
         return found
     return found + [(ip, f"relayhost {dest}") for _, ip in pairs]
-
-
-def ipv4_view(network: IPNetwork) -> IPNetwork:
-    """IPv4-mapped IPv6 counts as IPv4, as for clients (`policy.relay.client_ip`)."""
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
-        host = int(network.network_address) & 0xFFFFFFFF
-        return ipaddress.IPv4Network((host, network.prefixlen - 96))
-    return network
-
-
-def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    a, b = ipv4_view(a), ipv4_view(b)
-    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
-        return a.overlaps(b)
-    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
-        return a.overlaps(b)
-    # An IPv6 network that holds the whole mapped range holds every IPv4 address.
-    v6 = a if isinstance(a, ipaddress.IPv6Network) else b
-    assert isinstance(v6, ipaddress.IPv6Network)
-    return v6.supernet_of(_MAPPED)
 
 
 def trusted_networks(config: Config, border: Sequence[tuple[str, str]]) -> list[Finding]:

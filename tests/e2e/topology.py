@@ -59,10 +59,13 @@ class Topology:
             return client.sendmail(sender, recipients, body)
 
 
-def build(data_dir: Path, *, verify: bool, auth: bool = False) -> Iterator[Topology]:
+def build(
+    data_dir: Path, *, verify: bool, auth: bool = False, configured: bool = True
+) -> Iterator[Topology]:
     """Start the whole topology; with `verify`, the border and mailgate verify recipients;
     with `auth`, the border forwards the real client (XFORWARD) and mailgate, trusting it as
-    its upstream gateway, checks SPF, DKIM and DMARC on that client."""
+    its upstream gateway, checks SPF, DKIM and DMARC on that client. Without `configured`,
+    mailgate starts with its defaults (listening and DNS only), for a test to set it up."""
     zone = DnsZone()
     dns = DnsServer(zone, host="127.0.0.53")
     dns.start()
@@ -102,6 +105,9 @@ def build(data_dir: Path, *, verify: bool, auth: bool = False) -> Iterator[Topol
             "external_services": {"use_spf": auth, "use_dkim": auth, "use_dmarc": auth},
         },
     })  # fmt: skip
+    if not configured:
+        config = gateway_config(gw_port, {"advanced": config["advanced"]})
+        config["advanced"]["verification"] = {"mode": "off"}
     gateway = Gateway(data_dir, config)
     gateway.port = gw_port
     started: list[Any] = []

@@ -351,3 +351,38 @@ def test_status_when_not_running(run: Run, data_dir: Path) -> None:
     result = run("status", code=3)
     assert "not running" in result.stdout
     assert str(data_dir) in result.stdout
+
+
+def test_setup_border_gateway_applies_the_seed_in_one_revision(run: Run) -> None:
+    run("domain", "list")  # the store, with its initial revision
+    before = _revisions(run)
+    out = run("setup", "border-gateway", "--domain", "example.com", "--domain",
+              "sub.example.com", "--internal", "10.0.0.30", "--border", "192.0.2.10").stdout  # fmt: skip
+    assert out.splitlines()[1:] == [
+        "1. local domains example.com, sub.example.com, routed to [10.0.0.30]:25",
+        "2. border gateway [192.0.2.10]:25 as relayhost",
+        "3. trusted networks 10.0.0.30/32",
+        "4. upstream gateway 192.0.2.10/32: SPF and DMARC stay on and check the real client it "
+        "names (XFORWARD, XCLIENT or its Received header)",
+        "5. Reject replaced by Delete message in every rule (6 changed)",
+        "6. recipient verification: reject for unverified recipients",
+        "test it against the live network: mailgate check",
+    ]
+    assert _revisions(run) == before + 1
+    shown = _json(run("settings", "show", "main", "--json"))
+    assert shown["destination"] == "border_gateway"
+    assert shown["trusted_networks"] == ["10.0.0.30/32"]
+
+
+def test_setup_border_gateway_refuses_an_open_relay_and_saves_nothing(run: Run) -> None:
+    run("domain", "list")
+    before = _revisions(run)
+    result = run("setup", "border-gateway", "--domain", "example.com", "--internal",
+                 "10.0.0.30", "--border", "10.0.0.1", "--trusted-network", "10.0.0.0/8",
+                 code=2)  # fmt: skip
+    assert result.stderr.splitlines() == [
+        "error: trusted_networks: 10.0.0.0/8 contains the border gateway 10.0.0.1/32: mail from "
+        "the internet arrives through it and would be relayed anywhere",
+        "nothing was changed",
+    ]
+    assert _revisions(run) == before

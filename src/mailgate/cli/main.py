@@ -16,6 +16,7 @@ from mailgate.cli.queue import queue
 from mailgate.cli.rules import rules
 from mailgate.cli.run import run, status
 from mailgate.cli.settings import settings
+from mailgate.cli.setup import setup
 from mailgate.cli.trace import trace
 from mailgate.cli.users import token, user
 from mailgate.cli.verify import stats, verify
@@ -46,7 +47,7 @@ def cli(ctx: click.Context, data_dir: str | None, store: str | None) -> None:
 
 
 for command in (run, status, domain, settings, rules, config, queue, quarantine_, log_, verify,
-                stats, user, token, check, trace):  # fmt: skip
+                stats, user, token, check, trace, setup):  # fmt: skip
     cli.add_command(command)
 
 

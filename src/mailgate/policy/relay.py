@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mailgate.config.model import RecipientVerification
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class RelayVerdict(Enum):
@@ -44,6 +45,27 @@ def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def ipv4_view(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it is, as `client_ip` reads clients."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        host = int(network.network_address) & 0xFFFFFFFF
+        return ipaddress.IPv4Network((host, network.prefixlen - 96))
+    return network
+
+
+def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
+    """Whether two networks share an address (IPv4-mapped IPv6 counting as IPv4)."""
+    a, b = ipv4_view(a), ipv4_view(b)
+    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
+        return a.overlaps(b)
+    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
+        return a.overlaps(b)
+    # An IPv6 network that holds the whole mapped range holds every IPv4 address.
+    v6 = a if isinstance(a, ipaddress.IPv6Network) else b
+    assert isinstance(v6, ipaddress.IPv6Network)
+    return v6.supernet_of(_MAPPED)
 
 
 class TrustedNetworks:

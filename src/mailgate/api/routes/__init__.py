@@ -18,6 +18,7 @@ from mailgate.api.routes import (
     rules,
     session,
     settings,
+    setup,
     stats,
     tokens,
     verify,
@@ -35,5 +36,5 @@ _cookie = APIKeyCookie(
 router = APIRouter()
 router.include_router(session.router)  # logging in needs no credentials yet
 for module in (domains, settings, rules, queue, verify, log, quarantine, accounts, tokens, audit,
-               config, stats, diagnostics):  # fmt: skip
+               config, stats, diagnostics, setup):  # fmt: skip
     router.include_router(module.router, dependencies=[Depends(_bearer), Depends(_cookie)])
