@@ -11,7 +11,7 @@ accepted recipient its next hop (`queue.routing`) with the addresses delivery wo
 Nothing is sent: verification results come from the cache unless the caller probes (the
 `Lookups` it passes decide), and no message is queued. What a trace cannot know is left out
 and said so: per-client rate limits and STARTTLS belong to a live session, and scan verdicts
-to a message's content.
+to a message's content. `render` gives the result as the CLI and the web page show it.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "cached_lookup",
+    "render",
     "trace",
 ]
 
@@ -290,3 +291,47 @@ class LiveLookups:
     async def hosts(self, destination: Destination) -> list[tuple[str, str]]:
         deliverer = Deliverer(lambda: self._resolver, lambda: self._config, set)
         return await deliverer.candidates(destination)
+
+
+_MODES = {
+    "skip": "no scanning",
+    "reject": "rejected at the end of DATA",
+    "delete": "deleted: 250, never delivered",
+}
+
+
+def render(result: Trace) -> list[str]:
+    """The trace as an administrator reads it: the SMTP dialogue, with the why under each
+    reply."""
+    trusted = "in trusted networks" if result.trusted else "not in trusted networks"
+    upstream = ", a configured upstream gateway" if result.upstream else ""
+    helo = f" (HELO {result.helo})" if result.helo else ""
+    lines = [f"client {result.client}{helo}: {trusted}{upstream}"]
+    lines.append(f"MAIL FROM:<{result.sender.strip('<>')}>: {result.mail_reply}")
+    for item in result.recipients:
+        lines.append(f"RCPT TO:<{item.address}>: {item.reply}")
+        lines.extend(f"    {line}" for line in _details(item))
+    lines.append(f"DATA: {result.data_reply}")
+    return lines
+
+
+def _details(item: RecipientTrace) -> list[str]:
+    out = []
+    if item.relay:
+        out.append(f"relay: {item.relay}")
+    if item.check is not None and item.check_result is not None:
+        found = item.check_result
+        what = "verification" if item.check == "verify" else "domain check"
+        source = f" ({found.source})" if found.source else ""
+        out.append(f"{what}: {found.status}{source}: {found.detail}")
+    if item.next_hop:
+        out.append(f"next hop: {item.next_hop} ({item.via}), TLS {item.tls}")
+        if item.hosts:
+            out.append(f"tries: {', '.join(item.hosts)}")
+        if item.hop_error:
+            out.append(f"delivery would fail: {item.hop_error}")
+    if item.rule:
+        modules = ", ".join(item.modules) if item.modules else "no module enabled"
+        scan = f"scanned by {modules}" if item.rule_mode == "modules" else _MODES[item.rule_mode]
+        out.append(f"rule: {item.rule} ({scan})")
+    return out

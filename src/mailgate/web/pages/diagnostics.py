@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from mailgate.cli.trace import render as dialogue
 from mailgate.trace import Trace, TraceError
+from mailgate.trace import render as dialogue
 from mailgate.web.pages.common import Ctx, changer, page, render, viewer
 from mailgate.web.pages.forms import FormField, attach_errors, read_all
 
