@@ -615,6 +615,11 @@ SHOTS = [
         "/dashboard",
         "Dashboard: messages in and out, actions, verdicts, queue, verification",
     ),
+    (
+        "setup",
+        "/settings/setup",
+        "Settings → Set up: border gateway (the seed's scheme in one step)",
+    ),
     ("domains", "/settings/mta/domains", "Settings → Built-in MTA → Domains"),
     (
         "main-settings",
