@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from mailgate.testing.sink import Sink, refuse_unknown
 from tests.conftest import BORDER_IP, EXTERNAL_CLIENT_IP, INTERNAL_IP, Gateway
-from tests.e2e.test_web_ui import Browsing, browser, browsing, login, open_section
+from tests.e2e.test_web_ui import Browsing, auditor_page, browser, browsing, login, open_section
 from tests.integration.test_api_diagnostics import seed
 
 pytestmark = pytest.mark.e2e
@@ -116,10 +116,7 @@ def test_auditor_sees_diagnostics_without_controls_and_cannot_post(
     start_gateway: Callable[..., Gateway], browsing: Browsing
 ) -> None:
     gw = start_gateway(web=True)
-    assert gw.gateway is not None
-    gw.gateway.admin.accounts.create("audrey", "auditor-password-1", "auditor")
-    page = browsing.page()
-    login(page, gw, "audrey", "auditor-password-1")
+    page = auditor_page(gw, browsing)
     open_section(page, "Diagnostics")
     expect(page.locator("main")).to_contain_text("The diagnostics are for administrators")
     expect(page.locator("main form[method=post]")).to_have_count(0)

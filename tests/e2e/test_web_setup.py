@@ -20,7 +20,15 @@ from tests.conftest import (
     Gateway,
     free_port,
 )
-from tests.e2e.test_web_ui import Browsing, browser, browsing, login, open_settings, revision
+from tests.e2e.test_web_ui import (
+    Browsing,
+    auditor_page,
+    browser,
+    browsing,
+    login,
+    open_settings,
+    revision,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -137,10 +145,7 @@ def test_auditor_sees_the_note_and_no_form(
     start_gateway: Callable[..., Gateway], browsing: Browsing
 ) -> None:
     gw = start_gateway(web=True)
-    assert gw.gateway is not None
-    gw.gateway.admin.accounts.create("audrey", "auditor-password-1", "auditor")
-    page = browsing.page()
-    login(page, gw, "audrey", "auditor-password-1")
+    page = auditor_page(gw, browsing)
     open_settings(page, PAGE)
     expect(page.locator("main")).to_contain_text("Setting up the scheme is for administrators")
     expect(page.locator("main form")).to_have_count(0)

@@ -106,6 +106,15 @@ def login(
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
 
 
+def auditor_page(gw: Gateway, browsing: Browsing) -> Page:
+    """A page logged in as "audrey", a read-only auditor created on `gw`."""
+    assert gw.gateway is not None
+    gw.gateway.admin.accounts.create("audrey", "auditor-password-1", "auditor")
+    page = browsing.page()
+    login(page, gw, "audrey", "auditor-password-1")
+    return page
+
+
 def open_settings(page: Page, item: str) -> None:
     """Settings → (Built-in MTA | General → Protection) → item, through the menu."""
     page.get_by_role("navigation", name="Sections").get_by_text("Settings", exact=True).click()
