@@ -5,6 +5,10 @@ load, same run, with the scan engines local.
     uv run python -m bench.protection --quick         # smoke test: 2 KB, 2 connections, 50 msgs
     uv run --with py-spy python -m bench.protection --profile --systems all --concurrency 10
                                                        # where the pipeline's time goes
+    uv run python -m bench.protection --systems core,all --modules content,phishing,auth
+                                                       # the in-process modules alone
+    uv run python -m bench.protection --systems core,all --engine-load
+                                                       # also against core-loaded (below)
 
 Systems (``--systems``, default all three):
 
@@ -25,6 +29,17 @@ The modules cut the rate to a third or less (Rspamd's CPU is the limit), and the
 own cost per message grows as the rate falls: fewer messages share each event-loop turn,
 fsync, log-writer wake-up and socket read. The pipeline's overhead is therefore taken against
 the core path at the same rate; the difference against the unpaced core path is reported too.
+
+``--engine-load`` adds, after each ``core-paced`` run, ``core-loaded`` (:data:`LOADED`): the
+core path at the same rate while :mod:`bench.engine_load`, a process of its own, asks clamd
+and Rspamd to scan the same message at that rate with mailgate's own Anti-Virus and Anti-Spam
+checks. The machine then does the engines' work of the all-modules run beside a mailgate that
+does not scan: against it, the overhead leaves out what the engines running beside mailgate
+cost its process (shared cores and caches), and the engine load's own CPU per message is what
+the two exchanges cost on their own.
+
+``--modules`` turns on only some modules in ``all`` (e.g. ``content,phishing,auth``: the
+in-process ones), to see what each part of the pipeline costs.
 
 Every system gets the same load (message, size, connections); the number of messages is sized
 for runs of about 10-20 s each: :mod:`bench.run`'s counts for ``core`` and ``postfix``, fewer
@@ -77,6 +92,7 @@ from typing import Any
 from bench import report
 from bench.loadgen import SENDER
 from bench.memory import PssSampler, tree_cpu_seconds
+from bench.proc import Child
 from bench.run import (
     DEFAULT_MESSAGES,
     RESULTS_DIR,
@@ -102,7 +118,10 @@ from mailgate.testing.rspamd import OFFLINE_DISABLED_MODULES, RSPAMD_BINARY, Rsp
 
 SYSTEMS = ("core", "all", "postfix")
 PACED = "core-paced"  # the core path at the rate of the all-modules run before it
+LOADED = "core-loaded"  # the same, with the engines scanning the same load beside it
+CORE_SYSTEMS = ("core", PACED, LOADED)
 MODULES = ("antivirus", "antispam", "content", "phishing", "auth")
+ENGINE_MODULES = ("antivirus", "antispam")  # the modules that ask an engine (bench.engine_load)
 OVERHEAD_TARGET_MS = 1.0
 # Messages per all-modules run, by body size, at 10 or more connections and at fewer: ~15-20 s
 # at the rates measured on a 2-core machine (~130 msgs/s at 2 KB, ~45 at 100 KB).
@@ -131,6 +150,9 @@ OVERHEAD_METHOD = (
     "mailgate's."
 )
 
+_LOAD_SHARE = 0.9  # the engine load must scan at least this share of the messages beside it
+_LOAD_START_TIMEOUT = 60.0  # for bench.engine_load's first scans
+_LOAD_STOP_TIMEOUT = 60.0  # for its scans in flight to end
 _LOG_TIMEOUT = 30.0  # for the message log to record the last messages (it flushes every 0.25 s)
 _POLL = 0.1
 
@@ -144,6 +166,14 @@ def _systems(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"systems are {', '.join(SYSTEMS)}; got {text!r}")
     return [name for name in SYSTEMS if name in names]
+
+
+def _modules(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in MODULES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"modules are {', '.join(MODULES)}; got {text!r}")
+    return [name for name in MODULES if name in names]
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -169,6 +199,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         type=_systems,
         default=None,
         help="systems: core, all, postfix (default all three; --quick: core,all)",
+    )
+    parser.add_argument(
+        "--modules",
+        type=_modules,
+        default=list(MODULES),
+        help=f"the modules the all-modules system turns on (default all: {','.join(MODULES)})",
+    )
+    parser.add_argument(
+        "--engine-load",
+        action="store_true",
+        help=f"after each all-modules run, also the core path with the engines loaded beside "
+        f"it ({LOADED}, see bench.engine_load)",
     )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up messages per run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per system and scenario")
@@ -330,9 +372,11 @@ class Engines:
 class ProtectedMailgate(Mailgate):
     """:class:`bench.systems.Mailgate` with all five modules on, using the engines."""
 
-    def __init__(self, work_dir: Path, sink_port: int, engines: Engines) -> None:
+    def __init__(
+        self, work_dir: Path, sink_port: int, engines: Engines, modules: Sequence[str] = MODULES
+    ) -> None:
         super().__init__(work_dir, sink_port)
-        self.config["protection"] = protection_config(engines)
+        self.config["protection"] = protection_config(engines, modules)
         self.config["advanced"]["dns"] = {"nameservers": [engines.dns.address]}
         # The gateway holds the same dict and writes it to the store when it starts.
 
@@ -345,22 +389,30 @@ class ProtectedMailgate(Mailgate):
         return description
 
 
-def protection_config(engines: Engines) -> dict[str, Any]:
+def protection_config(engines: Engines, modules: Sequence[str] = MODULES) -> dict[str, Any]:
+    """The Protection settings with ``modules`` on and the others off."""
+    auth = "auth" in modules
     return {
-        "antivirus": {"enabled": True, "clamd": engines.clamd.endpoint},
-        "antispam": {"enabled": True, "url": engines.rspamd_url, "socket": engines.rspamd_socket},
-        "content": {"enabled": True},
-        "phishing": {"enabled": True, "domains": PHISHING_DOMAINS},
-        "external_services": {"use_spf": True, "use_dkim": True, "use_dmarc": True},
+        "antivirus": {"enabled": "antivirus" in modules, "clamd": engines.clamd.endpoint},
+        "antispam": {
+            "enabled": "antispam" in modules,
+            "url": engines.rspamd_url,
+            "socket": engines.rspamd_socket,
+        },
+        "content": {"enabled": "content" in modules},
+        "phishing": {"enabled": "phishing" in modules, "domains": PHISHING_DOMAINS},
+        "external_services": {"use_spf": auth, "use_dkim": auth, "use_dmarc": auth},
     }
 
 
-def make_factory(engines: Engines) -> Callable[[str, Path, int], SystemUnderTest]:
+def make_factory(
+    engines: Engines, modules: Sequence[str] = MODULES
+) -> Callable[[str, Path, int], SystemUnderTest]:
     def factory(name: str, work_dir: Path, sink_port: int) -> SystemUnderTest:
-        if name in ("core", PACED):
+        if name in CORE_SYSTEMS:
             return Mailgate(work_dir, sink_port)
         if name == "all":
-            return ProtectedMailgate(work_dir, sink_port, engines)
+            return ProtectedMailgate(work_dir, sink_port, engines, modules)
         if name == "postfix":
             return Postfix(work_dir, sink_port)
         raise ValueError(f"unknown system {name!r}")
@@ -423,12 +475,35 @@ class Probe:
     def __init__(self, engines: Engines, arguments: argparse.Namespace) -> None:
         self.engines = engines
         self.interval = arguments.pss_interval
+        self.modules: list[str] = arguments.modules
         self._samplers: list[PssSampler] = []
+        # Set by the caller for a run of LOADED: the load the engines get beside it.
+        self.load: Scenario | None = None
+        self.run_dir: Path = Path()
+        self._loads: list[Child] = []
 
     def close(self) -> None:
         """Stop what a run that failed midway left running."""
         while self._samplers:
             self._samplers.pop().stop()
+        while self._loads:
+            self._loads.pop().stop()
+
+    def _start_load(self, load: Scenario) -> Child:
+        """bench.engine_load asking the engines what the all-modules run asked them."""
+        argv = [
+            "-m", "bench.engine_load",
+            "--protection", json.dumps(protection_config(self.engines, self.modules)),
+            "--size", str(load.size),
+            "--rate", str(load.rate),
+            "--connections", str(load.concurrency),
+        ]  # fmt: skip
+        child = Child("engine-load", argv, self.run_dir / "engine-load.stderr")
+        self._loads.append(child)
+        ready = child.read(_LOAD_START_TIMEOUT)
+        if not ready.get("ready"):
+            raise RuntimeError(f"engine load: the engines did not answer clean: {ready}")
+        return child
 
     def __call__(self, system: SystemUnderTest) -> Callable[[], dict[str, Any]]:
         engines = self.engines
@@ -437,10 +512,19 @@ class Probe:
         cpu_before = engines.cpu()
         sampler = PssSampler(lambda: list(engines.pids().values()), self.interval)
         self._samplers.append(sampler.start())
+        load = self._start_load(self.load) if self.load is not None else None
+        load_cpu_before = tree_cpu_seconds([load.pid]) if load is not None else 0.0
         since = time.time()
 
         def after() -> dict[str, Any]:
             cpu_after = engines.cpu()
+            load_report: dict[str, Any] | None = None
+            if load is not None:
+                load_cpu = tree_cpu_seconds([load.pid]) - load_cpu_before
+                load.send("stop")
+                load_report = {**load.read(_LOAD_STOP_TIMEOUT), "cpu_seconds": round(load_cpu, 3)}
+                self._loads.remove(load)
+                load.stop()
             self._samplers.remove(sampler)
             memory = sampler.stop()
             counters_after = _scan_counters(system)
@@ -463,6 +547,8 @@ class Probe:
                     if count
                 },
             }
+            if load_report is not None:
+                extra["engine_load"] = load_report
             if isinstance(system, ProtectedMailgate):
                 scanned = sum(scan.get("auth", {}).values())
                 extra["message_log"] = message_log(system.data_dir / "mailgate.db", since, scanned)
@@ -471,7 +557,7 @@ class Probe:
         return after
 
 
-def check_run(run: dict[str, Any]) -> list[str]:
+def check_run(run: dict[str, Any], modules: Sequence[str] = MODULES) -> list[str]:
     """What is wrong with a run: the promises of the benchmark it did not keep."""
     if "error" in run:
         return [f"run failed: {run['error']}"]
@@ -483,10 +569,18 @@ def check_run(run: dict[str, Any]) -> list[str]:
     if run["lost"] or run["duplicated"]:
         problems.append(f"lost {run['lost']}, duplicated {run['duplicated']}")
     scan: dict[str, dict[str, int]] = run.get("scan", {})
-    if run["system"] in ("core", PACED) and scan:
+    if run["system"] in CORE_SYSTEMS and scan:
         problems.append(f"the core path scanned: {scan}")
+    if run["system"] == LOADED:
+        load = run.get("engine_load", {})
+        scans = load.get("scans", 0)
+        if load.get("errors") or load.get("clean") != scans:
+            problems.append(f"engine load: {load.get('clean')} of {scans} scans clean, "
+                            f"errors {load.get('errors')}")  # fmt: skip
+        if scans < _LOAD_SHARE * accepted:
+            problems.append(f"engine load: {scans} scans beside {accepted} messages")
     if run["system"] == "all":
-        for module in MODULES:
+        for module in modules:
             verdicts = scan.get(module, {})
             if verdicts.get("clean", 0) != accepted or sum(verdicts.values()) != accepted:
                 problems.append(
@@ -496,10 +590,10 @@ def check_run(run: dict[str, Any]) -> list[str]:
         log = run.get("message_log", {})
         wanted = {
             "records": log.get("records"),
-            **{f"{module} clean": log.get("clean", {}).get(module) for module in MODULES},
-            "SPF pass": log.get("spf_pass"),
-            "DMARC pass": log.get("dmarc_pass"),
+            **{f"{module} clean": log.get("clean", {}).get(module) for module in modules},
         }
+        if "auth" in modules:
+            wanted |= {"SPF pass": log.get("spf_pass"), "DMARC pass": log.get("dmarc_pass")}
         wrong = {name: value for name, value in wanted.items() if value != accepted}
         if wrong:
             problems.append(f"message log, of {accepted} accepted: {wrong}")
@@ -538,7 +632,16 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
             [sum(run["dns_queries"].values()) / run["accepted"] for run in good if run["accepted"]]
         )
         paced = by_key.get((PACED, size, concurrency))
+        loaded = by_key.get((LOADED, size, concurrency))
         per_run = paired_overheads(runs, size, concurrency)
+        loads = [
+            run["engine_load"]
+            for run in runs
+            if run["system"] == LOADED
+            and run["size"] == size
+            and run["concurrency"] == concurrency
+            and run.get("engine_load", {}).get("scans")
+        ]
         unpaced_overhead = full["cpu_ms_per_message"] - core["cpu_ms_per_message"]
         overhead = (
             full["cpu_ms_per_message"] - paced["cpu_ms_per_message"]
@@ -562,6 +665,20 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
                 ),
                 "overhead_ms_per_message": overhead,
                 "overhead_per_run_ms_per_message": per_run,
+                "loaded_core_cpu_ms_per_message": (
+                    loaded["cpu_ms_per_message"] if loaded is not None else math.nan
+                ),
+                "overhead_vs_loaded_core_ms_per_message": (
+                    full["cpu_ms_per_message"] - loaded["cpu_ms_per_message"]
+                    if loaded is not None
+                    else math.nan
+                ),
+                "overhead_vs_loaded_core_per_run_ms_per_message": paired_overheads(
+                    runs, size, concurrency, LOADED
+                ),
+                "engine_load_cpu_ms_per_scan": report.median(
+                    [1000 * load["cpu_seconds"] / load["scans"] for load in loads]
+                ),
                 "overhead_vs_unpaced_core_ms_per_message": unpaced_overhead,
                 "overhead_user_system_ms_per_message": [
                     full[f"cpu_{part}_ms_per_message"]
@@ -577,8 +694,10 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
     return comparisons
 
 
-def paired_overheads(runs: list[dict[str, Any]], size: int, concurrency: int) -> list[float]:
-    """The overhead of each all-modules run against the core-paced run that followed it (same
+def paired_overheads(
+    runs: list[dict[str, Any]], size: int, concurrency: int, control: str = PACED
+) -> list[float]:
+    """The overhead of each all-modules run against the ``control`` run that followed it (same
     repeat): how far identical runs differ, which the medians hide."""
 
     def usable(run: dict[str, Any], system: str) -> bool:
@@ -593,7 +712,11 @@ def paired_overheads(runs: list[dict[str, Any]], size: int, concurrency: int) ->
     overheads = []
     for full in (run for run in runs if usable(run, "all")):
         paced = next(
-            (run for run in runs if usable(run, PACED) and run.get("repeat") == full.get("repeat")),
+            (
+                run
+                for run in runs
+                if usable(run, control) and run.get("repeat") == full.get("repeat")
+            ),
             None,
         )
         if paced is not None:
@@ -622,8 +745,10 @@ def markdown(
     runs: list[dict[str, Any]],
     problems: dict[str, list[str]],
     systems: Sequence[str],
+    modules: Sequence[str] = MODULES,
 ) -> str:
     lines = [report.markdown(rows, []).rstrip(), ""]
+    which = "All five modules" if tuple(modules) == MODULES else "Modules " + ", ".join(modules)
     lines.append(
         "CPU ms/msg: the system's own processes (mailgate: its one process, clamd and Rspamd "
         "excluded); PSS: the same processes."
@@ -631,7 +756,7 @@ def markdown(
     if comparisons:
         lines += [
             "",
-            "All five modules against the core path (same scenario, same load):",
+            f"{which} against the core path (same scenario, same load):",
             "",
             "| size | conns | e2e all/core | accepted all/core | p50 ms core → all "
             "| p99 ms core → all | CPU ms/msg core → all | core-paced CPU ms/msg (msg/s) "
@@ -655,6 +780,33 @@ def markdown(
                 f"| {_num(item['overhead_vs_unpaced_core_ms_per_message'], 2)} "
                 f"| {'ok' if item['overhead_target_met'] else 'MISSED'} |"
             )
+        loaded = [
+            item
+            for item in comparisons
+            if not math.isnan(item["overhead_vs_loaded_core_ms_per_message"])
+        ]
+        if loaded:
+            lines += [
+                "",
+                f"The core path with the engines loaded beside it ({LOADED}: the core path at "
+                "the all-modules rate while bench.engine_load asks clamd and Rspamd to scan the "
+                "same messages at the same rate, from a process of its own):",
+                "",
+                "| size | conns | all CPU ms/msg | core-loaded CPU ms/msg | overhead ms/msg "
+                "(range of runs) | engine load's CPU ms/msg | < 1 ms |",
+                "|---:|---:|---:|---:|---:|---:|---|",
+            ]
+            for item in loaded:
+                overhead = item["overhead_vs_loaded_core_ms_per_message"]
+                lines.append(
+                    f"| {_size(item['size'])} | {item['concurrency']} "
+                    f"| {_num(item['cpu_ms_per_message'][1], 2)} "
+                    f"| {_num(item['loaded_core_cpu_ms_per_message'], 2)} "
+                    f"| **{_num(overhead, 2)}**"
+                    f"{_spread(item['overhead_vs_loaded_core_per_run_ms_per_message'])} "
+                    f"| {_num(item['engine_load_cpu_ms_per_scan'], 2)} "
+                    f"| {'ok' if overhead < OVERHEAD_TARGET_MS else 'MISSED'} |"
+                )
         lines += [
             "",
             "Engines, per message of the all-modules runs (not part of mailgate's CPU):",
@@ -672,7 +824,7 @@ def markdown(
                 f"| {_num(item['engine_peak_pss_kib'] / 1024, 1)} |"
             )
     scanned = [
-        run for run in runs if run["system"] in ("core", PACED, "all") and "error" not in run
+        run for run in runs if run["system"] in (*CORE_SYSTEMS, "all") and "error" not in run
     ]
     if scanned:
         lines += [
@@ -705,8 +857,10 @@ def markdown(
         lines += [f"- {key}: {'; '.join(value)}" for key, value in failed.items()]
     else:
         lines.append(
-            "Checks: every module scanned every message of every all-modules run (all clean, "
-            "SPF and DMARC pass); nothing lost, nothing duplicated."
+            f"Checks: every module ({', '.join(modules)}) scanned every message of every "
+            "all-modules run (all clean"
+            + (", SPF and DMARC pass" if "auth" in modules else "")
+            + "); nothing lost, nothing duplicated."
             if "all" in systems
             else "Checks: nothing lost, nothing duplicated."
         )
@@ -895,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
             engines.start(engines_stack)
             engines_info = engines.describe()
             _progress(f"engines up in {time.monotonic() - began:.1f} s: {engines.pids()}")
-            factory = make_factory(engines)
+            factory = make_factory(engines, arguments.modules)
             probe = Probe(engines, arguments)
             engines_stack.callback(probe.close)
             number = 0
@@ -918,6 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", offered at {scenario.rate:.0f}/s" if scenario.rate else "")
                     )
                     began = time.monotonic()
+                    probe.load = scenario if system_name == LOADED else None
+                    probe.run_dir = session_dir / f"{number:02d}-{system_name}"
                     try:
                         with contextlib.ExitStack() as stack:
                             run = run_one(
@@ -949,12 +1105,14 @@ def main(argv: list[str] | None = None) -> int:
                         run["profile_breakdown"] = profile_breakdown(
                             Path(run["profile"]["file"]), run["accepted"], Profiler.RATE
                         )
-                    run["problems"] = check_run(run)
+                    run["problems"] = check_run(run, arguments.modules)
                     runs.append(run)
                     if system_name == "all" and "core" in arguments.systems and run.get("accepted"):
                         # The core path again at the rate the modules allowed: see PACED.
                         paced = dataclasses.replace(scenario, rate=run["accepted_per_s"])
                         pending.insert(0, (PACED, paced))
+                        if arguments.engine_load and set(ENGINE_MODULES) & set(arguments.modules):
+                            pending.insert(1, (LOADED, paced))
                     _progress(f"    {_describe(run)} ({run['wall_seconds']} s)")
                     if "scan" in run:
                         _progress(f"    scan: {run['scan'] or 'none'}")
@@ -966,8 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
 
     measured = check_sources(runs)
     measured_systems = list(arguments.systems)
-    if any(run["system"] == PACED for run in runs):
-        measured_systems.append(PACED)
+    measured_systems += [
+        name for name in (PACED, LOADED) if any(run["system"] == name for run in runs)
+    ]
     rows = report.summarise(runs, measured_systems)
     comparisons = compare(rows, runs)
     problems = {
@@ -976,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for index, run in enumerate(runs)
     }
-    table = markdown(rows, comparisons, runs, problems, arguments.systems)
+    table = markdown(rows, comparisons, runs, problems, arguments.systems, arguments.modules)
     table += profile_markdown(runs)
     if len(measured) > 1:
         table += f"\nWARNING: mailgate's sources changed during the benchmark ({measured}).\n"
@@ -1005,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
             "pss_interval": arguments.pss_interval,
             "quick": arguments.quick,
             "profile": arguments.profile,
+            "modules": arguments.modules,
+            "engine_load": arguments.engine_load,
         },
         "configurations": configurations,
         "method": OVERHEAD_METHOD,

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_quick(module: str, output: Path, timeout: float) -> tuple[str, dict[str, Any]]:
-    """``python -m MODULE --quick --output OUTPUT`` from the repository: its stdout and the
-    JSON it wrote. A non-zero exit fails the test with the end of both outputs."""
+def run_quick(
+    module: str, output: Path, timeout: float, options: Sequence[str] = ()
+) -> tuple[str, dict[str, Any]]:
+    """``python -m MODULE --quick --output OUTPUT [OPTIONS]`` from the repository: its stdout
+    and the JSON it wrote. A non-zero exit fails the test with the end of both outputs."""
     completed = subprocess.run(
-        [sys.executable, "-m", module, "--quick", "--output", str(output)],
+        [sys.executable, "-m", module, "--quick", "--output", str(output), *options],
         cwd=REPO,
         capture_output=True,
         text=True,

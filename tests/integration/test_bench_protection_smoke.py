@@ -1,6 +1,7 @@
 """The protection benchmark (``bench/protection.py``) still runs end to end: ``python -m
 bench.protection --quick`` relays a handful of messages through mailgate without scanning and
-with all five modules on (a real clamd and Rspamd, SPF and DMARC through a local DNS server).
+with all five modules on (a real clamd and Rspamd, SPF and DMARC through a local DNS server),
+and (``--engine-load``) once more with the engines scanning the same load beside it.
 
 It asserts that every module scanned every message (all clean, SPF and DMARC pass) and that
 nothing was lost; it says nothing about speed.
@@ -26,9 +27,11 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert clamd_available(), "Debian's clamav-daemon package is not installed"
     assert rspamd_available(), "Debian's rspamd package is not installed"
     assert os.geteuid() == 0, "Rspamd drops to its own account: run as root"
-    stdout, document = run_quick("bench.protection", tmp_path / "protection.json", timeout=240)
+    stdout, document = run_quick(
+        "bench.protection", tmp_path / "protection.json", timeout=300, options=["--engine-load"]
+    )
     runs = {run["system"]: run for run in document["runs"]}
-    assert sorted(runs) == ["all", "core", "core-paced"]
+    assert sorted(runs) == ["all", "core", "core-loaded", "core-paced"]
     for system, run in runs.items():
         assert "error" not in run, f"{system}: {run.get('error')}"
         assert run["problems"] == [], f"{system}: {run['problems']}"
@@ -41,6 +44,7 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     # The core path scans nothing; with all modules on, each scanned each message as clean.
     assert runs["core"]["scan"] == {}
     assert runs["core-paced"]["scan"] == {}
+    assert runs["core-loaded"]["scan"] == {}
     full = runs["all"]
     # The core path again, offered the messages at the rate the modules allowed, and held to
     # it: n messages paced at r per second take at least (n - 1) / r seconds.
@@ -68,6 +72,21 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert comparison["overhead_vs_unpaced_core_ms_per_message"] == (
         full["cpu_ms_per_message"] - runs["core"]["cpu_ms_per_message"]
     )
+    # Beside the core path at the same rate, the engine load had clamd and Rspamd scan (about)
+    # as many messages, every one clean, with mailgate's own checks.
+    loaded = runs["core-loaded"]
+    assert loaded["offered_per_s"] == full["accepted_per_s"]
+    load = loaded["engine_load"]
+    assert load["errors"] == []
+    assert load["clean"] == load["scans"] >= 0.9 * QUICK_MESSAGES
+    assert load["cpu_seconds"] > 0
+    assert loaded["engine_cpu_seconds"]["clamd"] > 0
+    assert loaded["engine_cpu_seconds"]["rspamd"] > 0
+    assert comparison["overhead_vs_loaded_core_ms_per_message"] == (
+        full["cpu_ms_per_message"] - loaded["cpu_ms_per_message"]
+    )
+    assert comparison["engine_load_cpu_ms_per_scan"] == 1000 * load["cpu_seconds"] / load["scans"]
+    assert "| core-loaded |" in stdout
     assert document["method"].startswith("overhead = CPU ms/msg")
     assert "| all |" in stdout
     assert "| core |" in stdout

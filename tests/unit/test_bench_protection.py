@@ -1,16 +1,28 @@
-"""The protection benchmark's check for other benchmarks running beside it, and the overhead
-of each all-modules run against the core-paced run that followed it."""
+"""The protection benchmark's check for other benchmarks running beside it, the overhead of
+each all-modules run against the control runs that followed it, the choice of modules and the
+checks of each run."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
-from bench.protection import _spread, paired_overheads
+import pytest
+from bench.protection import (
+    Engines,
+    _modules,
+    _spread,
+    check_run,
+    paired_overheads,
+    protection_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -56,3 +68,58 @@ def test_each_all_modules_run_is_paired_with_the_core_paced_run_of_its_repeat() 
     assert paired_overheads(runs, 102400, 10) == [1.5, 0.5]
     assert _spread([1.5, 0.5]) == ", runs 0.50-1.50"
     assert _spread([1.5]) == ""
+
+
+def test_the_all_modules_system_turns_on_the_chosen_modules_only() -> None:
+    engines = SimpleNamespace(
+        clamd=SimpleNamespace(endpoint="unix:/run/clamd.sock"),
+        rspamd_url="http://127.0.0.60:11333",
+        rspamd_socket="/run/rspamd.sock",
+    )
+    config = protection_config(cast(Engines, engines), ["content", "auth"])
+    assert not config["antivirus"]["enabled"]
+    assert not config["antispam"]["enabled"]
+    assert config["content"]["enabled"]
+    assert not config["phishing"]["enabled"]
+    assert config["external_services"] == {"use_spf": True, "use_dkim": True, "use_dmarc": True}
+    everything = protection_config(cast(Engines, engines))
+    assert all(everything[module]["enabled"] for module in ("antivirus", "antispam", "content"))
+    # Named in any order, given in the pipeline's; an unknown one is refused.
+    assert _modules("auth, content") == ["content", "auth"]
+    with pytest.raises(argparse.ArgumentTypeError, match="modules are antivirus"):
+        _modules("content,dkim")
+
+
+def test_a_run_checks_only_the_modules_it_turned_on() -> None:
+    run = {"system": "all", "accepted": 10, "requested": 10, "lost": 0, "duplicated": 0,
+           "scan": {"content": {"clean": 10}},
+           "message_log": {"records": 10, "clean": {"content": 10}, "spf_pass": 0,
+                           "dmarc_pass": 0}}  # fmt: skip
+    assert check_run(run, ["content"]) == []
+    problems = check_run(run)  # all five: four never ran, and no SPF or DMARC pass
+    assert any(problem.startswith("antivirus did not scan") for problem in problems)
+    assert any("SPF pass" in problem for problem in problems)
+
+
+def test_the_engine_load_beside_the_core_path_must_match_the_load_and_come_back_clean() -> None:
+    def loaded(**load: object) -> dict[str, object]:
+        return {"system": "core-loaded", "accepted": 100, "requested": 100, "lost": 0,
+                "duplicated": 0, "scan": {}, "engine_load": load}  # fmt: skip
+
+    assert check_run(loaded(scans=95, clean=95, errors=[])) == []
+    assert check_run(loaded(scans=80, clean=80, errors=[])) == [
+        "engine load: 80 scans beside 100 messages"
+    ]
+    [problem] = check_run(loaded(scans=95, clean=94, errors=["antispam error no answer"]))
+    assert problem.startswith("engine load: 94 of 95 scans clean")
+
+
+def test_each_all_modules_run_is_paired_with_the_control_run_of_its_repeat() -> None:
+    def run(system: str, repeat: int, cpu: float) -> dict[str, object]:
+        return {"system": system, "size": 2048, "concurrency": 50, "repeat": repeat,
+                "accepted": 2500, "cpu_ms_per_message": cpu}  # fmt: skip
+
+    runs = [run("all", 0, 2.0), run("core-paced", 0, 1.5), run("core-loaded", 0, 1.75),
+            run("all", 1, 2.5), run("core-paced", 1, 1.0), run("core-loaded", 1, 2.0)]  # fmt: skip
+    assert paired_overheads(runs, 2048, 50) == [0.5, 1.5]
+    assert paired_overheads(runs, 2048, 50, "core-loaded") == [0.25, 0.5]
