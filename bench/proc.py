@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark's processes: a child that dies with its parent, a line
-protocol on pipes with deadlines, and an event loop factory."""
+protocol on pipes with deadlines, binding process trees to CPUs, and an event loop factory."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from bench.memory import descendants
 
 _PR_SET_PDEATHSIG = 1
 
@@ -112,6 +114,25 @@ class Child:
                 except OSError:
                     pass
         self._stderr.close()
+
+
+def pin(roots: Iterable[int], cpus: Collection[int]) -> int:
+    """Bind every thread of the processes under ``roots`` to ``cpus`` (``sched_setaffinity``);
+    the threads and processes they start later inherit the binding. The number of threads
+    bound (one that ended meanwhile is skipped)."""
+    bound = 0
+    for pid in sorted(descendants(roots)):
+        try:
+            threads = [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread, cpus)
+            except OSError:
+                continue
+            bound += 1
+    return bound
 
 
 def new_event_loop() -> Any:

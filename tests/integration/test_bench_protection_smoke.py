@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.protection import placement
+
 from mailgate.testing.clamd import clamd_available
 from mailgate.testing.rspamd import rspamd_available
 from tests.integration.quick_bench import run_quick
@@ -87,6 +89,12 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     )
     assert comparison["engine_load_cpu_ms_per_scan"] == 1000 * load["cpu_seconds"] / load["scans"]
     assert "| core-loaded |" in stdout
+    # By default mailgate runs on the first CPU and the engines on the others, every run alike.
+    cpus = placement("apart")
+    assert document["cpus"] == (cpus or "unbound")
+    for system, run in runs.items():
+        assert run["configuration"]["cpus"] == (cpus["mailgate"] if cpus else "unbound"), system
+    assert "Placement: " in stdout
     assert document["method"].startswith("overhead = CPU ms/msg")
     assert "| all |" in stdout
     assert "| core |" in stdout

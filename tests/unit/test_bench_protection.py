@@ -15,12 +15,15 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from bench.proc import pin
 from bench.protection import (
     Engines,
     _modules,
     _spread,
     check_run,
     paired_overheads,
+    placement,
+    placement_text,
     protection_config,
 )
 
@@ -123,3 +126,48 @@ def test_each_all_modules_run_is_paired_with_the_control_run_of_its_repeat() -> 
             run("all", 1, 2.5), run("core-paced", 1, 1.0), run("core-loaded", 1, 2.0)]  # fmt: skip
     assert paired_overheads(runs, 2048, 50) == [0.5, 1.5]
     assert paired_overheads(runs, 2048, 50, "core-loaded") == [0.25, 0.5]
+
+
+def test_apart_binds_mailgate_to_the_first_cpu_and_the_engines_to_the_others() -> None:
+    available = sorted(os.sched_getaffinity(0))
+    assert placement("shared") is None
+    if len(available) < 2:  # one CPU: there is nothing to keep apart
+        assert placement("apart") is None
+    else:
+        assert placement("apart") == {"mailgate": available[:1], "engines": available[1:]}
+    assert placement_text(None) == "Placement: shared (no process bound to a CPU)."
+    assert placement_text({"mailgate": [0], "engines": [1, 2]}).startswith(
+        "Placement: apart: mailgate bound to CPU 0, clamd and Rspamd to CPU 1,2;"
+    )
+
+
+def test_pin_binds_every_thread_of_a_process_tree_and_what_it_starts_later() -> None:
+    # A parent with a thread, and a child process it starts after the binding.
+    script = (
+        "import subprocess, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+        "print(child.pid, flush=True); sys.stdin.readline(); child.kill()\n"
+    )
+    first = min(os.sched_getaffinity(0))
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            assert process.stdout.readline().strip() == "ready"
+            assert pin([process.pid], {first}) == 2  # the main thread and the sleeping one
+            for thread in os.listdir(f"/proc/{process.pid}/task"):
+                assert os.sched_getaffinity(int(thread)) == {first}
+            process.stdin.write("\n")
+            process.stdin.flush()
+            child = int(process.stdout.readline())
+            assert os.sched_getaffinity(child) == {first}
+            process.stdin.write("\n")
+            process.stdin.flush()
+            assert process.wait(10) == 0  # it ends its child itself
+        finally:
+            if process.poll() is None:
+                process.kill()
