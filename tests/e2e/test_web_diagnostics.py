@@ -1,6 +1,6 @@
 """The Diagnostics page in a real browser (Chromium driven by Playwright): opened from the
 navigation, a message traced (the SMTP dialogue and a row per recipient, a bad client address
-shown next to its field), the integration check run against the seed's topology with real
+shown next to its field, a declared size over the limit and SMTPUTF8), the integration check run against the seed's topology with real
 listeners (all ok, then a failure marked once the border gateway stops). Its screenshot is
 taken with the other pages' in test_web_ui."""
 
@@ -24,12 +24,27 @@ __all__ = ["browser", "browsing"]  # the browser fixtures, shared with test_web_
 MAILBOXES = ["postmaster@example.com", "bob@example.com"]
 
 
-def trace(page: Page, client: str, recipients: list[str], probe: bool = True) -> None:
+def trace(
+    page: Page,
+    client: str,
+    recipients: list[str],
+    probe: bool = True,
+    *,
+    sender: str = "alice@ext.org",
+    size: str = "",
+    smtputf8: bool = False,
+) -> None:
     form = page.locator("#trace form")
     form.get_by_label("Client IP address").fill(client)
     form.get_by_label("HELO name").fill("mx.ext.org")
-    form.get_by_label("Sender").fill("alice@ext.org")
+    form.get_by_label("Sender").fill(sender)
     form.get_by_label("Recipients").fill("\n".join(recipients))
+    form.get_by_label("Declared size (bytes)").fill(size)
+    utf8_box = form.get_by_label("SMTPUTF8")
+    if smtputf8:
+        utf8_box.check()
+    else:
+        utf8_box.uncheck()
     probe_box = form.get_by_label("Probe the next hop now")
     if probe:
         probe_box.check()
@@ -83,6 +98,25 @@ def test_trace_and_integration_check_through_the_web_interface(
     )
     expect(page.get_by_label("Client IP address")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_role("alert")).to_contain_text("The trace was not made.")
+    expect(page.locator("#dialogue")).to_have_count(0)
+
+    # A declared size over message_size_limit, and a UTF-8 sender without SMTPUTF8, get
+    # MAIL FROM's refusals; with SMTPUTF8 declared, the UTF-8 sender is accepted.
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, size="999999999")
+    expect(page.locator("#dialogue")).to_contain_text(
+        "MAIL FROM:<alice@ext.org>: 552 5.3.4 Message size exceeds fixed limit"
+    )
+    expect(page.get_by_label("Declared size (bytes)")).to_have_value("999999999")
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, sender="jörg@ext.org")
+    expect(page.locator("#dialogue")).to_contain_text(
+        "MAIL FROM:<jörg@ext.org>: 553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+    )
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, sender="jörg@ext.org",
+          smtputf8=True)  # fmt: skip
+    expect(page.locator("#dialogue")).to_contain_text("MAIL FROM:<jörg@ext.org>: 250 2.1.0 Ok")
+    # A size that is no number: the error next to the field, no trace.
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, size="lots")
+    expect(page.locator("[data-error-for=size]")).to_have_text("a whole number of bytes, or empty")
     expect(page.locator("#dialogue")).to_have_count(0)
 
     # The integration check: every finding ok.

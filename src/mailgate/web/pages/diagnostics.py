@@ -23,6 +23,7 @@ router = APIRouter()
 BASE = "/diagnostics"
 MAX_RECIPIENTS = 1000
 MAX_LENGTH = 512
+MAX_SIZE_DIGITS = 18  # up to 10**18 - 1 bytes: the declared size is only compared with the limit
 CHECK_TIMEOUT = 10.0
 
 
@@ -36,6 +37,10 @@ def trace_fields() -> list[FormField]:
                   help='The envelope sender (MAIL FROM); empty for the null sender "<>".'),
         FormField("recipients", "Recipients", kind="lines",
                   help="The envelope recipients (RCPT TO), one per line."),
+        FormField("size", "Declared size (bytes)", kind="number", optional=True,
+                  help="As MAIL FROM's SIZE= gives it; empty: not declared."),
+        FormField("smtputf8", "SMTPUTF8", kind="checkbox",
+                  help="The client declares SMTPUTF8 (needed for non-ASCII addresses)."),
         FormField("probe", "Probe the next hop now", kind="checkbox",
                   help="Ask the internal server about recipients to verify, as at RCPT time "
                   "(the result goes to the verification cache). Off: the cache only."),
@@ -79,6 +84,9 @@ def _problems(values: dict[str, Any]) -> list[str]:
     for name in ("client", "helo", "sender"):
         if len(values[name]) > MAX_LENGTH:
             out.append(f"{name}: at most {MAX_LENGTH} characters")
+    size = values["size"]
+    if size is not None and not (size.isdigit() and len(size) <= MAX_SIZE_DIGITS):
+        out.append("size: a whole number of bytes, or empty")
     recipients = values["recipients"]
     if len(recipients) > MAX_RECIPIENTS:
         out.append(f"recipients: at most {MAX_RECIPIENTS} recipients")
@@ -104,6 +112,8 @@ async def trace(request: Request) -> Response:
                 sender=values["sender"],
                 recipients=values["recipients"],
                 helo=values["helo"],
+                size=int(values["size"]) if values["size"] is not None else None,
+                smtputf8=values["smtputf8"],
                 probe=values["probe"],
                 actor=ctx.account,
             )
