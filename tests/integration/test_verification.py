@@ -93,6 +93,35 @@ def test_probe_uses_the_probe_sender_and_one_session_for_pipelined_rcpts(
     assert stats["verify.probed_addresses"] == 3
 
 
+def test_pipelined_rcpts_count_toward_the_limit_only_once_accepted(
+    start_gateway: Callable[..., Gateway], internal: Sink
+) -> None:
+    # Recipient limit 2: a refused recipient takes no place, pipelined or not (Postfix's
+    # smtpd counts accepted recipients only). Carol, after an unknown one and bob, is the
+    # second accepted; the fourth RCPT is over the limit.
+    gw = start_gateway({
+        "domains": [{"name": "example.com",
+                     "route": {"host": INTERNAL_IP, "port": internal.port}}],
+        "advanced": {"verification": {"mode": "reject_unverified"},
+                     "limits": {"recipient_limit": 2}},
+    })  # fmt: skip
+    rcpts = ["nobody@example.com", "bob@example.com", "carol@example.com", "dave@example.com"]
+    expected = [550, 250, 250, 452]
+    with session(gw) as c:
+        c.send("".join(f"RCPT TO:<{address}>\r\n" for address in rcpts))
+        replies = c.replies(4)
+        assert [r.code for r in replies] == expected
+        assert str(replies[3]) == "452 4.5.3 Error: too many recipients"
+        assert c.command("DATA").code == 354
+        c.send("Subject: limit\r\n\r\nx\r\n.\r\n")
+        assert c.reply().code == 250
+    (message,) = internal.wait_for(1)
+    assert message.rcpt_to == ["bob@example.com", "carol@example.com"]
+    # The same RCPTs one at a time get the same replies.
+    with session(gw) as c:
+        assert [c.command(f"RCPT TO:<{address}>").code for address in rcpts] == expected
+
+
 def test_next_hop_down_gives_450_and_back_up_accepts_within_seconds(
     start_gateway: Callable[..., Gateway], start_sink: Callable[..., Sink]
 ) -> None:

@@ -377,22 +377,34 @@ class SmtpSession(asyncio.Protocol):
         arguments = [arg]
         while (more := self._take_pipelined("RCPT")) is not None:
             arguments.append(more)
+        self._rcpt_batch(txn, arguments)
+
+    def _rcpt_batch(self, txn: Transaction, arguments: list[str]) -> None:
+        """Reply to the RCPTs in `arguments`, in order. The recipient limit counts the
+        recipients accepted before each one, as separate commands would (Postfix's smtpd):
+        a RCPT over the limit only if the recipients still being checked before it were all
+        accepted waits for their checks, and is then decided with what they got."""
         accepted = len(txn.recipients)
-        items = []
-        for text in arguments:
+        items: list[_Rcpt] = []
+        rest: list[str] = []
+        for index, text in enumerate(arguments):
             item = self._rcpt_policy(txn, text, accepted)
+            if item.reply == codes.TOO_MANY_RECIPIENTS and any(i.check for i in items):
+                rest = arguments[index:]
+                break
             if item.reply is None:
                 accepted += 1
             items.append(item)
-        if not any(item.check for item in items):
-            for item in items:
-                self._reply(self._rcpt_result(txn, item, None))
-            return
 
         def _done(replies: list[Reply]) -> None:
             for reply in replies:
                 self._reply(reply)
+            if rest and self.txn is txn and self._mode != _CLOSED:
+                self._rcpt_batch(txn, rest)
 
+        if not any(item.check for item in items):
+            _done([self._rcpt_result(txn, item, None) for item in items])
+            return
         self._wait(self._rcpt_checks(txn, items), _done)
 
     def _take_pipelined(self, verb: str) -> str | None:
