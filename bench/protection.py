@@ -172,20 +172,21 @@ _POLL = 0.1
 # Arguments
 
 
-def _systems(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in SYSTEMS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"systems are {', '.join(SYSTEMS)}; got {text!r}")
-    return [name for name in SYSTEMS if name in names]
+def _selection(allowed: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: some of ``allowed``, comma-separated, returned in their order."""
+
+    def parse(text: str) -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{what} are {', '.join(allowed)}; got {text!r}")
+        return [name for name in allowed if name in names]
+
+    return parse
 
 
-def _modules(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in MODULES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"modules are {', '.join(MODULES)}; got {text!r}")
-    return [name for name in MODULES if name in names]
+_systems = _selection(SYSTEMS, "systems")
+_modules = _selection(MODULES, "modules")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
