@@ -114,10 +114,13 @@ def test_trace_and_integration_check_through_the_web_interface(
     trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, sender="jörg@ext.org",
           smtputf8=True)  # fmt: skip
     expect(page.locator("#dialogue")).to_contain_text("MAIL FROM:<jörg@ext.org>: 250 2.1.0 Ok")
-    # A size that is no number: the error next to the field, no trace.
-    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, size="lots")
-    expect(page.locator("[data-error-for=size]")).to_have_text("a whole number of bytes, or empty")
-    expect(page.locator("#dialogue")).to_have_count(0)
+    # A size that is no whole number: the error next to the field, no trace.
+    for bad in ("lots", "-1", "\u00b2"):  # a superscript two is a digit to str.isdigit()
+        trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com"], probe=False, size=bad)
+        expect(page.locator("[data-error-for=size]")).to_have_text(
+            "a whole number of bytes, or empty"
+        )
+        expect(page.locator("#dialogue")).to_have_count(0)
 
     # The integration check: every finding ok.
     page.get_by_role("button", name="Run the integration check").click()

@@ -85,7 +85,9 @@ def _problems(values: dict[str, Any]) -> list[str]:
         if len(values[name]) > MAX_LENGTH:
             out.append(f"{name}: at most {MAX_LENGTH} characters")
     size = values["size"]
-    if size is not None and not (size.isdigit() and len(size) <= MAX_SIZE_DIGITS):
+    if size is not None and not (
+        size.isascii() and size.isdigit() and len(size) <= MAX_SIZE_DIGITS
+    ):
         out.append("size: a whole number of bytes, or empty")
     recipients = values["recipients"]
     if len(recipients) > MAX_RECIPIENTS:
