@@ -91,6 +91,63 @@ def tree_cpu_split(roots: Iterable[int]) -> tuple[float, float]:
     return user / _TICKS, system / _TICKS
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadCounters:
+    """CPU time and context switches of one process, its main thread apart from the others
+    (for mailgate, the event loop against its worker threads). Threads that ended are not
+    counted: take the difference of two readings over a window in which none ends."""
+
+    main_user: float  # seconds
+    main_system: float
+    main_voluntary: int  # the thread went to sleep (waited for I/O, a lock, the loop's epoll)
+    main_involuntary: int  # the scheduler took the CPU from it (preempted)
+    others_user: float
+    others_system: float
+    others_voluntary: int
+    others_involuntary: int
+
+    def minus(self, earlier: ThreadCounters) -> ThreadCounters:
+        return ThreadCounters(*(
+            getattr(self, name) - getattr(earlier, name) for name in self.__slots__
+        ))  # fmt: skip
+
+
+def thread_counters(pid: int) -> ThreadCounters | None:
+    """The counters of process ``pid``, or None if it is gone."""
+    main = [0, 0, 0, 0]
+    others = [0, 0, 0, 0]
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for name in threads:
+        stat = _read(f"/proc/{pid}/task/{name}/stat")
+        status = _read(f"/proc/{pid}/task/{name}/status")
+        if stat is None or status is None:
+            continue  # the thread ended meanwhile
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        switches = [_status_number(status, key) for key in _SWITCHES]
+        into = main if int(name) == pid else others
+        for index, value in enumerate((int(fields[11]), int(fields[12]), *switches)):
+            into[index] += value
+    return ThreadCounters(
+        main[0] / _TICKS, main[1] / _TICKS, main[2], main[3],
+        others[0] / _TICKS, others[1] / _TICKS, others[2], others[3],
+    )  # fmt: skip
+
+
+_SWITCHES = (b"\nvoluntary_ctxt_switches:", b"\nnonvoluntary_ctxt_switches:")
+
+
+def _status_number(status: bytes, key: bytes) -> int:
+    start = status.find(key)
+    if start < 0:
+        return 0
+    start += len(key)
+    end = status.find(b"\n", start)
+    return int(status[start : end if end >= 0 else None])
+
+
 _FIELDS = (b"Rss", b"Pss", b"Pss_Anon", b"Pss_File")
 
 

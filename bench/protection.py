@@ -38,9 +38,13 @@ does not scan: against it, the overhead leaves out what the engines running besi
 cost its process (shared cores and caches), and the engine load's own CPU per message is what
 the two exchanges cost on their own.
 
-Placement (``--placement``): by default (``apart``) every mailgate run, scanning or not, is
-bound to the first CPU and clamd and Rspamd to the others, as a host sized for scanning gives
-its engines their own cores. Left to the scheduler (``shared``), a process woken by an
+Placement (``--placement``): by default (``apart``) the system under test (every mailgate run,
+scanning or not, and Postfix) is bound to the first CPU, and everything else to the others:
+clamd and Rspamd, as a host sized for scanning gives its engines their own cores, and the load
+generators, sink and DNS server, which stand for other hosts. (Left unbound, these went
+where a CPU was free: beside mailgate when the engines kept the other CPU busy in an
+all-modules run, away from it in the core-paced run that followed, which favoured the control
+run.) Left to the scheduler (``shared``), a process woken by an
 engine's answer is often run on the CPU the engine just used, and mailgate's work after the
 wake-up (the answer, the rules, queueing) then runs on caches the engine filled. On two CPUs,
 over alternated invocations at 100 KB, the overhead was about 0.2 ms per message higher
@@ -75,6 +79,12 @@ figure is the difference of the median runs, and the range of each repeat's own 
 (its ``all`` run against the ``core-paced`` run that followed it) is shown beside it: on a
 shared virtual machine identical runs differ by more than most changes.
 
+Where the overhead is: each mailgate run also records, over the same window, the CPU time of
+its main thread (the event loop, where the pipeline runs) and of its other threads (spool
+writes and fsyncs, the message log's writer, removals), and how often the loop thread went to
+sleep (voluntary context switches: waiting in epoll, or for a lock) and was preempted
+(involuntary ones), per message, all modules against the control run.
+
 Markdown goes to stdout, everything (machine, engines, configurations, runs, checks) to a JSON
 file under ``bench/results/``. Everything started is stopped and removed at the end, also on
 Ctrl-C or an error (``--keep`` keeps the data directories and engine logs).
@@ -102,7 +112,7 @@ from typing import Any
 
 from bench import report
 from bench.loadgen import SENDER
-from bench.memory import PssSampler, tree_cpu_seconds
+from bench.memory import PssSampler, thread_counters, tree_cpu_seconds
 from bench.proc import Child, pin
 from bench.run import (
     DEFAULT_MESSAGES,
@@ -229,8 +239,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--placement",
         choices=PLACEMENTS,
         default="apart",
-        help="apart (default): mailgate bound to the first CPU, clamd and Rspamd to the others; "
-        "shared: every process where the scheduler puts it",
+        help="apart (default): the system under test bound to the first CPU, the engines, load "
+        "generators and sink to the others; shared: every process where the scheduler puts it",
     )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up messages per run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per system and scenario")
@@ -393,23 +403,7 @@ class Engines:
 # The systems
 
 
-class PlacedMailgate(Mailgate):
-    """:class:`bench.systems.Mailgate`, bound to ``cpus`` once started (None: unbound)."""
-
-    def __init__(self, work_dir: Path, sink_port: int, cpus: Collection[int] | None = None) -> None:
-        super().__init__(work_dir, sink_port)
-        self.cpus = sorted(cpus) if cpus else None
-
-    def start(self) -> None:
-        super().start()
-        if self.cpus:
-            pin(self.roots(), self.cpus)
-
-    def configuration(self) -> dict[str, Any]:
-        return {**super().configuration(), "cpus": self.cpus or "unbound"}
-
-
-class ProtectedMailgate(PlacedMailgate):
+class ProtectedMailgate(Mailgate):
     """:class:`bench.systems.Mailgate` with all five modules on, using the engines."""
 
     def __init__(
@@ -463,9 +457,9 @@ def placement_text(cpus: dict[str, list[int]] | None) -> str:
     if cpus is None:
         return "Placement: shared (no process bound to a CPU)."
     return (
-        f"Placement: apart: mailgate bound to CPU {_cpus(cpus['mailgate'])}, clamd and Rspamd "
-        f"to CPU {_cpus(cpus['engines'])}; the load generator, sink, DNS server and engine "
-        "load unbound."
+        f"Placement: apart: the system under test (mailgate, or Postfix) bound to CPU "
+        f"{_cpus(cpus['mailgate'])}; clamd, Rspamd, the load generator, sink, DNS server and "
+        f"engine load to CPU {_cpus(cpus['engines'])}."
     )
 
 
@@ -476,15 +470,15 @@ def _cpus(cpus: list[int]) -> str:
 def make_factory(
     engines: Engines, modules: Sequence[str] = MODULES, cpus: Collection[int] | None = None
 ) -> Callable[[str, Path, int], SystemUnderTest]:
-    """The systems by name; mailgate, scanning or not, bound to ``cpus`` (None: unbound)."""
+    """The systems by name, each bound to ``cpus`` (None: unbound)."""
 
     def factory(name: str, work_dir: Path, sink_port: int) -> SystemUnderTest:
         if name in CORE_SYSTEMS:
-            return PlacedMailgate(work_dir, sink_port, cpus)
+            return Mailgate(work_dir, sink_port, cpus)
         if name == "all":
             return ProtectedMailgate(work_dir, sink_port, engines, modules, cpus)
         if name == "postfix":
-            return Postfix(work_dir, sink_port)
+            return Postfix(work_dir, sink_port, cpus)
         raise ValueError(f"unknown system {name!r}")
 
     return factory
@@ -584,6 +578,8 @@ class Probe:
         self._samplers.append(sampler.start())
         load = self._start_load(self.load) if self.load is not None else None
         load_cpu_before = tree_cpu_seconds([load.pid]) if load is not None else 0.0
+        process = system.roots()[0] if isinstance(system, Mailgate) else None
+        threads_before = thread_counters(process) if process is not None else None
         since = time.time()
 
         def after() -> dict[str, Any]:
@@ -619,6 +615,9 @@ class Probe:
             }
             if load_report is not None:
                 extra["engine_load"] = load_report
+            threads_after = thread_counters(process) if process is not None else None
+            if threads_before is not None and threads_after is not None:
+                extra["threads"] = dataclasses.asdict(threads_after.minus(threads_before))
             if isinstance(system, ProtectedMailgate):
                 scanned = sum(scan.get("auth", {}).values())
                 extra["message_log"] = message_log(system.data_dir / "mailgate.db", since, scanned)
@@ -756,12 +755,44 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
                     for part in ("user", "system")
                 ],
                 "overhead_target_met": overhead < OVERHEAD_TARGET_MS,
+                "threads_per_message": {
+                    "all": thread_medians(runs, "all", size, concurrency),
+                    "control": thread_medians(
+                        runs, PACED if paced is not None else "core", size, concurrency
+                    ),
+                },
                 "engine_cpu_ms_per_message": engines,
                 "dns_queries_per_message": queries,
                 "engine_peak_pss_kib": max((run["engine_peak_pss_kib"] for run in good), default=0),
             }
         )
     return comparisons
+
+
+def thread_medians(
+    runs: list[dict[str, Any]], system: str, size: int, concurrency: int
+) -> dict[str, float]:
+    """Per message, median over the runs of ``system``: the CPU ms of mailgate's main thread
+    (its event loop) and of its other threads, and the loop's context switches."""
+    usable = [
+        run
+        for run in runs
+        if run["system"] == system
+        and run["size"] == size
+        and run["concurrency"] == concurrency
+        and "threads" in run
+        and run.get("accepted")
+    ]
+
+    def per_message(value: Callable[[dict[str, Any]], float]) -> float:
+        return report.median([value(run["threads"]) / run["accepted"] for run in usable])
+
+    return {
+        "loop_cpu_ms": per_message(lambda t: 1000 * (t["main_user"] + t["main_system"])),
+        "workers_cpu_ms": per_message(lambda t: 1000 * (t["others_user"] + t["others_system"])),
+        "loop_sleeps": per_message(lambda t: t["main_voluntary"]),
+        "loop_preemptions": per_message(lambda t: t["main_involuntary"]),
+    }
 
 
 def paired_overheads(
@@ -807,6 +838,37 @@ def _size(size: int) -> str:
 
 def _num(value: float, digits: int = 0) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def thread_table(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Where in mailgate's process the overhead is: its event-loop thread or its worker
+    threads (spool writes, message log, deletions), and how often the loop slept (waited in
+    epoll or for a lock) or was preempted, per message, all modules against the control."""
+    lines = [
+        "",
+        "Where the overhead is, per message (median runs; control: core-paced, or the core "
+        "path when not paced): CPU ms of mailgate's event-loop thread and of its worker "
+        "threads, and the times the loop thread slept and was preempted:",
+        "",
+        "| size | conns | loop thread ms control → all (Δ) | worker threads ms control → all "
+        "(Δ) | loop sleeps control → all | loop preemptions control → all |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for item in comparisons:
+        threads = item.get("threads_per_message")
+        if threads is None:
+            continue
+        full, control = threads["all"], threads["control"]
+        loop, workers = (
+            f"{_num(control[key], 2)} → {_num(full[key], 2)} ({_num(full[key] - control[key], 2)})"
+            for key in ("loop_cpu_ms", "workers_cpu_ms")
+        )
+        lines.append(
+            f"| {_size(item['size'])} | {item['concurrency']} | {loop} | {workers} "
+            f"| {_num(control['loop_sleeps'], 1)} → {_num(full['loop_sleeps'], 1)} "
+            f"| {_num(control['loop_preemptions'], 1)} → {_num(full['loop_preemptions'], 1)} |"
+        )
+    return lines
 
 
 def markdown(
@@ -877,6 +939,7 @@ def markdown(
                     f"| {_num(item['engine_load_cpu_ms_per_scan'], 2)} "
                     f"| {'ok' if overhead < OVERHEAD_TARGET_MS else 'MISSED'} |"
                 )
+        lines += thread_table(comparisons)
         lines += [
             "",
             "Engines, per message of the all-modules runs (not part of mailgate's CPU):",
@@ -1099,6 +1162,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     scenarios = plan(arguments)
     cpus = placement(arguments.placement)
+    if cpus:
+        # This process and all it starts (the engines, load generators, sink, DNS server)
+        # leave the system under test its CPU, as peers on other hosts would; each system is
+        # bound to its own CPU once started.
+        pin([os.getpid()], cpus["engines"])
     machine = machine_info()
     others = other_benchmarks()
     if others:
@@ -1243,6 +1311,8 @@ def main(argv: list[str] | None = None) -> int:
         "configurations": configurations,
         "method": OVERHEAD_METHOD,
         "cpus": cpus or "unbound",
+        # The benchmark's own process, which the load generators and the sink inherit.
+        "harness_cpus": sorted(os.sched_getaffinity(0)),
         "overhead_target_ms": OVERHEAD_TARGET_MS,
         "overhead_max_ms": max(overheads) if overheads else None,
         "overhead_target_met": bool(overheads) and all(x < OVERHEAD_TARGET_MS for x in overheads),

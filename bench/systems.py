@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
+from bench.proc import pin
 from mailgate.testing.gateway import GatewayProcess
 from mailgate.testing.postfix import PostfixInstance, free_port
 
@@ -57,8 +59,9 @@ class Mailgate:
 
     name = "mailgate"
 
-    def __init__(self, work_dir: Path, sink_port: int) -> None:
+    def __init__(self, work_dir: Path, sink_port: int, cpus: Collection[int] | None = None) -> None:
         self.address = MAILGATE_ADDRESS
+        self.cpus = sorted(cpus) if cpus else None  # bound to these once started
         self.port = free_port(self.address)
         self.data_dir = work_dir / "mailgate"
         self.config: dict[str, Any] = {
@@ -84,6 +87,8 @@ class Mailgate:
     def start(self) -> None:
         self._gateway.start(timeout=60)
         self._pid = self._gateway.pid
+        if self.cpus:
+            pin(self.roots(), self.cpus)  # its threads started later inherit the binding
 
     def roots(self) -> list[int]:
         return [] if self._pid is None else [self._pid]
@@ -99,6 +104,7 @@ class Mailgate:
         return {
             "command": "python -m mailgate run --log-format text --log-file DATA/mailgate.log",
             "config": self.config,
+            "cpus": self.cpus or "unbound",
             "notes": "every other setting at its default (see docs/configuration.md)",
         }
 
@@ -119,8 +125,9 @@ class Postfix:
 
     name = "postfix"
 
-    def __init__(self, work_dir: Path, sink_port: int) -> None:
+    def __init__(self, work_dir: Path, sink_port: int, cpus: Collection[int] | None = None) -> None:
         self.address = POSTFIX_ADDRESS
+        self.cpus = sorted(cpus) if cpus else None  # bound to these once started
         self.port = free_port(self.address)
         self.params: dict[str, str] = {
             "mynetworks": f"{CLIENT_ADDRESS}/32",
@@ -139,6 +146,8 @@ class Postfix:
     def start(self) -> None:
         self._started = True
         self.instance.start()
+        if self.cpus:
+            pin(self.roots(), self.cpus)  # the processes its master starts later inherit it
 
     def master_pid(self) -> int | None:
         try:
@@ -162,6 +171,7 @@ class Postfix:
             "version": postfix_version(),
             "main.cf": self.instance.params,
             "master.cf": "harness default: one smtpd on ADDRESS:PORT, standard services, no chroot",
+            "cpus": self.cpus or "unbound",
             "notes": "every other parameter at its Postfix default (default_process_limit 100, "
             "queue files fsynced, in_flow_delay 1s, default_destination_concurrency_limit 20)",
         }

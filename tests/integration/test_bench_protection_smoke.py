@@ -94,7 +94,20 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert document["cpus"] == (cpus or "unbound")
     for system, run in runs.items():
         assert run["configuration"]["cpus"] == (cpus["mailgate"] if cpus else "unbound"), system
+    # Everything else (load generators, sink, DNS server) runs on the engines' CPUs.
+    assert document["harness_cpus"] == (
+        cpus["engines"] if cpus else sorted(os.sched_getaffinity(0))
+    )
     assert "Placement: " in stdout
+    # Each mailgate run says where its CPU went: the event loop's thread and the others.
+    for system, run in runs.items():
+        threads = run["threads"]
+        assert threads["main_user"] + threads["main_system"] > 0, system
+        assert threads["main_voluntary"] > 0, system  # the loop waited for the load
+    loop = comparison["threads_per_message"]
+    assert loop["all"]["loop_cpu_ms"] > 0
+    assert loop["control"]["loop_cpu_ms"] > 0
+    assert "Where the overhead is" in stdout
     assert document["method"].startswith("overhead = CPU ms/msg")
     assert "| all |" in stdout
     assert "| core |" in stdout

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from bench.memory import thread_counters
 from bench.proc import pin
 from bench.protection import (
     Engines,
@@ -25,6 +26,8 @@ from bench.protection import (
     placement,
     placement_text,
     protection_config,
+    thread_medians,
+    thread_table,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,8 +139,9 @@ def test_apart_binds_mailgate_to_the_first_cpu_and_the_engines_to_the_others() -
     else:
         assert placement("apart") == {"mailgate": available[:1], "engines": available[1:]}
     assert placement_text(None) == "Placement: shared (no process bound to a CPU)."
-    assert placement_text({"mailgate": [0], "engines": [1, 2]}).startswith(
-        "Placement: apart: mailgate bound to CPU 0, clamd and Rspamd to CPU 1,2;"
+    assert placement_text({"mailgate": [0], "engines": [1, 2]}) == (
+        "Placement: apart: the system under test (mailgate, or Postfix) bound to CPU 0; clamd, "
+        "Rspamd, the load generator, sink, DNS server and engine load to CPU 1,2."
     )
 
 
@@ -171,3 +175,89 @@ def test_pin_binds_every_thread_of_a_process_tree_and_what_it_starts_later() -> 
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_thread_counters_keep_the_main_thread_apart_from_the_others() -> None:
+    # The main thread burns CPU; another thread sleeps and wakes many times.
+    script = (
+        "import sys, threading, time\n"
+        "def naps():\n"
+        "    for _ in range(200): time.sleep(0.001)\n"
+        "thread = threading.Thread(target=naps); thread.start()\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "thread.join(); print('done', flush=True); sys.stdin.readline()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            before = thread_counters(process.pid)
+            assert before is not None
+            assert process.stdout.readline().strip() == "done"
+            # The sleeping thread has ended: only the main thread is left to count.
+            after = thread_counters(process.pid)
+            assert after is not None
+            assert after.main_user + after.main_system >= 0.2
+            assert after.others_user == after.others_system == after.others_voluntary == 0
+            change = after.minus(after)
+            assert change.main_user == change.main_voluntary == 0
+        finally:
+            process.kill()
+    assert thread_counters(process.pid) is None  # gone
+
+
+def test_a_sleeping_thread_counts_among_the_others() -> None:
+    script = (
+        "import sys, threading, time\n"
+        "def naps():\n"
+        "    for _ in range(50): time.sleep(0.001)\n"
+        "    print('napped', flush=True); time.sleep(30)\n"
+        "threading.Thread(target=naps, daemon=True).start(); sys.stdin.readline()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None
+        try:
+            assert process.stdout.readline().strip() == "napped"
+            counters = thread_counters(process.pid)
+            assert counters is not None
+            assert counters.others_voluntary >= 50  # each nap is a sleep
+            assert counters.main_voluntary < 50  # the main thread waits on stdin, once or so
+        finally:
+            process.kill()
+
+
+def _threaded_run(system: str, accepted: int, loop_s: float, workers_s: float,
+                  sleeps: int) -> dict[str, object]:  # fmt: skip
+    threads = {"main_user": loop_s * 0.75, "main_system": loop_s * 0.25,
+               "main_voluntary": sleeps, "main_involuntary": accepted,
+               "others_user": workers_s, "others_system": 0.0,
+               "others_voluntary": 0, "others_involuntary": 0}  # fmt: skip
+    return {"system": system, "size": 102400, "concurrency": 10, "accepted": accepted,
+            "threads": threads}  # fmt: skip
+
+
+def test_the_thread_figures_are_per_message_medians_of_the_runs() -> None:
+    runs = [
+        _threaded_run("all", 1000, 3.0, 1.0, 2000),
+        _threaded_run("all", 1000, 4.0, 1.0, 3000),
+        _threaded_run("all", 1000, 9.0, 1.0, 9000),
+        _threaded_run("core-paced", 500, 1.0, 0.5, 2500),
+        {"system": "all", "size": 2048, "concurrency": 10, "accepted": 10},  # no figures
+    ]
+    full = thread_medians(runs, "all", 102400, 10)
+    assert full == {"loop_cpu_ms": 4.0, "workers_cpu_ms": 1.0, "loop_sleeps": 3.0,
+                    "loop_preemptions": 1.0}  # fmt: skip
+    paced = thread_medians(runs, "core-paced", 102400, 10)
+    assert paced["loop_cpu_ms"] == 2.0
+    assert paced["loop_sleeps"] == 5.0
+    table = thread_table([{"size": 102400, "concurrency": 10,
+                           "threads_per_message": {"all": full, "control": paced}}])  # fmt: skip
+    assert (
+        table[-1]
+        == "| 100 KB | 10 | 2.00 → 4.00 (2.00) | 1.00 → 1.00 (0.00) | 5.0 → 3.0 | 1.0 → 1.0 |"
+    )
