@@ -254,6 +254,33 @@ def test_destination_concurrency_and_total_limits(tmp_path: Path) -> None:
     run(body)
 
 
+def test_a_worker_starts_for_each_job_not_for_each_free_slot(tmp_path: Path) -> None:
+    scheduler, deliverer, _, _ = make(tmp_path, {"delivery": {"destination_concurrency_limit": 5}})
+    deliverer.gate = asyncio.Event()
+
+    async def body() -> None:
+        # Workers start as tasks, which run at the loop's next turn: after enqueue returns,
+        # the scheduler's tasks are the workers it just started.
+        await scheduler.enqueue(envelope(["x@a.test"]), b"m\r\n")
+        assert len(scheduler._tasks) == 1  # one job, one worker (not one per free slot)
+        await until(lambda: deliverer.active == 1)
+        # A job for a destination whose worker is busy gets a worker of its own...
+        await scheduler.enqueue(envelope(["y@a.test"]), b"m\r\n")
+        assert len(scheduler._tasks) == 2
+        # ...and so does each of several jobs queued at once (three domains, three jobs).
+        await scheduler.enqueue(envelope(["z@a.test", "z@b.test", "z@ext.test"]), b"m\r\n")
+        assert len(scheduler._tasks) == 5
+        await until(lambda: deliverer.active == 5)
+        assert deliverer.gate is not None
+        deliverer.gate.set()
+        await until(lambda: not scheduler.entries)
+        assert len(deliverer.sends) == 5
+        await until(lambda: not scheduler._tasks)  # every worker ended with its queue empty
+        await scheduler.stop()
+
+    run(body)
+
+
 def test_dead_destination_is_suspended_and_flush_lifts_it(tmp_path: Path) -> None:
     scheduler, deliverer, _, _ = make(tmp_path, HOUR_BACKOFF)
     deliverer.replies["a.test"] = "down"

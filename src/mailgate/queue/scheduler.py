@@ -98,7 +98,8 @@ class Job:
 class _Dest:
     destination: Destination
     jobs: deque[Job] = field(default_factory=deque)
-    active: int = 0
+    active: int = 0  # workers delivering to this destination
+    starting: int = 0  # of which, started and about to take a job (not yet running)
     idle: list[SmtpClient] = field(default_factory=list)
     suspended_until: float = 0.0
     suspend_reason: str = ""
@@ -245,12 +246,17 @@ class Scheduler:
 
     def _kick(self, dest: _Dest) -> None:
         delivery = self._runtime().config.advanced.delivery
-        while dest.jobs and dest.active < delivery.destination_concurrency_limit:
+        # One more worker for each job that no worker about to start will take: a worker takes
+        # the jobs one after another until none is left, so more would only start and end.
+        while len(dest.jobs) > dest.starting and (
+            dest.active < delivery.destination_concurrency_limit
+        ):
             if self._active >= delivery.total_concurrency_limit:
                 if dest not in self._waiting:
                     self._waiting.append(dest)
                 return
             dest.active += 1
+            dest.starting += 1
             self._active += 1
             self._spawn(self._worker(dest))
 
@@ -261,6 +267,7 @@ class Scheduler:
 
     async def _worker(self, dest: _Dest) -> None:
         client: SmtpClient | None = None
+        dest.starting -= 1
         try:
             while dest.jobs:
                 job = dest.jobs.popleft()
