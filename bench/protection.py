@@ -774,15 +774,7 @@ def thread_medians(
 ) -> dict[str, float]:
     """Per message, median over the runs of ``system``: the CPU ms of mailgate's main thread
     (its event loop) and of its other threads, and the loop's context switches."""
-    usable = [
-        run
-        for run in runs
-        if run["system"] == system
-        and run["size"] == size
-        and run["concurrency"] == concurrency
-        and "threads" in run
-        and run.get("accepted")
-    ]
+    usable = [run for run in runs if _usable(run, system, size, concurrency) and "threads" in run]
 
     def per_message(value: Callable[[dict[str, Any]], float]) -> float:
         return report.median([value(run["threads"]) / run["accepted"] for run in usable])
@@ -800,29 +792,31 @@ def paired_overheads(
 ) -> list[float]:
     """The overhead of each all-modules run against the ``control`` run that followed it (same
     repeat): how far identical runs differ, which the medians hide."""
-
-    def usable(run: dict[str, Any], system: str) -> bool:
-        return (
-            run["system"] == system
-            and run["size"] == size
-            and run["concurrency"] == concurrency
-            and "error" not in run
-            and bool(run.get("accepted"))
-        )
-
     overheads = []
-    for full in (run for run in runs if usable(run, "all")):
+    for full in (run for run in runs if _usable(run, "all", size, concurrency)):
         paced = next(
             (
                 run
                 for run in runs
-                if usable(run, control) and run.get("repeat") == full.get("repeat")
+                if _usable(run, control, size, concurrency)
+                and run.get("repeat") == full.get("repeat")
             ),
             None,
         )
         if paced is not None:
             overheads.append(full["cpu_ms_per_message"] - paced["cpu_ms_per_message"])
     return overheads
+
+
+def _usable(run: dict[str, Any], system: str, size: int, concurrency: int) -> bool:
+    """A run of ``system`` in that scenario that completed and accepted messages."""
+    return (
+        run["system"] == system
+        and run["size"] == size
+        and run["concurrency"] == concurrency
+        and "error" not in run
+        and bool(run.get("accepted"))
+    )
 
 
 def _spread(values: list[float]) -> str:
