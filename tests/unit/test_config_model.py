@@ -144,6 +144,18 @@ def test_duplicate_domain_error_names_the_field() -> None:
     assert any(e.startswith("domains") and "listed twice" in e for e in errors), errors
 
 
+@pytest.mark.parametrize("value", [1, 77, -1, 1_000_001])
+def test_line_length_limit_out_of_range_refused(value: int) -> None:
+    errors = errors_of({"advanced": {"delivery": {"line_length_limit": value}}})
+    assert any(e.startswith("advanced.delivery.line_length_limit") for e in errors), errors
+
+
+@pytest.mark.parametrize("value", [0, 78, 998, 5000])
+def test_line_length_limit_zero_or_at_least_78(value: int) -> None:
+    config = validate({"advanced": {"delivery": {"line_length_limit": value}}})
+    assert config.advanced.delivery.line_length_limit == value
+
+
 def test_border_gateway_needs_relayhost() -> None:
     errors = errors_of({"main": {"destination": "border_gateway"}})
     assert any(e.startswith("main") and "relayhost" in e for e in errors), errors

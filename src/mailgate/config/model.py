@@ -29,6 +29,10 @@ from pydantic import (
 from mailgate.config.protection import Protection, Rule, default_rule
 from mailgate.smtp.address import AddressError, parse_domain, parse_path
 
+# Shortest line length limit that can be set (a continuation line needs room for its space
+# and for text; RFC 5322's own recommendation is 78).
+MIN_LINE_LENGTH_LIMIT = 78
+
 
 class TlsLevel(StrEnum):
     """TLS security level, as Postfix's smtp(d)_tls_security_level."""
@@ -369,6 +373,21 @@ class DeliverySettings(_Section):
     bind_address6: IpAddress | None = Field(
         None, description="Source IPv6 address of outgoing connections (smtp_bind_address6)."
     )
+    line_length_limit: int = Field(
+        998,
+        ge=0,
+        le=1_000_000,
+        description="Longest line sent, CRLF not counted (smtp_line_length_limit): a longer "
+        "line is broken, the rest going on continuation lines that start with a space; 0: "
+        "lines are sent as they are.",
+    )
+
+    @field_validator("line_length_limit")
+    @classmethod
+    def _line_length(cls, value: int) -> int:
+        if 0 < value < MIN_LINE_LENGTH_LIMIT:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_LINE_LENGTH_LIMIT}")
+        return value
 
 
 class TlsSettings(_Section):

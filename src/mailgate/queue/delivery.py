@@ -26,7 +26,7 @@ from mailgate.smtp.client import (
     Transaction,
     default_status,
 )
-from mailgate.smtp.data import strip_forged_auth_results, tag_subject
+from mailgate.smtp.data import fold_long_lines, strip_forged_auth_results, tag_subject
 from mailgate.smtp.params import xtext_encode
 from mailgate.types import Envelope, Recipient, Reply
 
@@ -176,10 +176,18 @@ class Deliverer:
         precheck = self._precheck(client, envelope)
         if precheck is not None:
             return [Outcome(i, "bounced", precheck[0], precheck[1], remote) for i in indices]
+        config = self._config()
+        tag = envelope.extra.get("subject_tag")
+        if tag:  # the stored message stays as received; the tag is applied on the way out
+            content = tag_subject(content, str(tag))
+        content = strip_forged_auth_results(content, config.main.hostname)
+        data = fold_long_lines(
+            envelope.prepend.encode("utf-8") + content, config.advanced.delivery.line_length_limit
+        )
         dsn_ok = client.supports("dsn")
         mail_options = []
         if client.supports("size"):
-            mail_options.append(f"SIZE={len(content) + len(envelope.prepend)}")
+            mail_options.append(f"SIZE={len(data)}")
         if envelope.body == "8BITMIME" and client.supports("8bitmime"):
             mail_options.append("BODY=8BITMIME")
         if envelope.smtputf8 and client.supports("smtputf8"):
@@ -193,12 +201,6 @@ class Deliverer:
             (envelope.recipients[i].address, _rcpt_options(envelope.recipients[i], dsn_ok))
             for i in indices
         ]
-        tag = envelope.extra.get("subject_tag")
-        if tag:  # the stored message stays as received; the tag is applied on the way out
-            content = tag_subject(content, str(tag))
-        content = strip_forged_auth_results(content, self._config().main.hostname)
-        data = envelope.prepend.encode("utf-8") + content
-        config = self._config()
         txn: Transaction = await client.transaction(
             envelope.sender,
             mail_options,
