@@ -15,6 +15,7 @@ import pytest
 from mailgate.smtp.data import (
     count_hops,
     fold_long_lines,
+    has_long_line,
     header_section,
     normalize,
     received_header,
@@ -312,7 +313,6 @@ def test_the_broken_pieces_are_the_limit_then_a_space_and_one_less() -> None:
 
 
 def test_lines_within_the_limit_come_back_as_the_same_object() -> None:
-    # Lines of 500-998 octets leave blocks without a line end: looked at closely, then kept.
     content = b"Subject: x\r\n\r\n" + b"\r\n".join(b"y" * n for n in (998, 600, 76, 998)) + b"\r\n"
     assert fold_long_lines(content, 998) is content
     short = b"Subject: x\r\n\r\n" + (b"w" * 74 + b"\r\n") * 1400
@@ -336,3 +336,16 @@ def test_a_line_starting_with_a_dot_stays_a_line_start_for_dot_stuffing() -> Non
     content = b"." + b"d" * 1500 + b"\r\n"
     folded = fold_long_lines(content, 998)
     assert folded == b"." + b"d" * 997 + b"\r\n " + b"d" * 503 + b"\r\n"
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_has_long_line_agrees_with_measuring_every_line(seed: int) -> None:
+    rng = random.Random(seed)
+    limit = rng.choice([78, 100, 998])
+    lengths = [rng.choice([0, 1, limit - 2, limit - 1, limit, limit + 1, rng.randrange(3 * limit)])
+               for _ in range(rng.randrange(1, 40))]  # fmt: skip
+    content = b"".join(b"x" * n + b"\r\n" for n in lengths)
+    if rng.random() < 0.3:  # a last line without its CRLF
+        content += b"y" * rng.choice([limit, limit + 1, 5])
+    expected = max(len(line) for line in content.split(b"\r\n")) > limit
+    assert has_long_line(content, limit) is expected

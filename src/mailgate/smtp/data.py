@@ -169,25 +169,31 @@ def fold_long_lines(content: bytes, limit: int) -> bytes:
     space keeps a broken header line a folded field and does the least damage to MIME.
     `limit` 0 sends lines as they are. `content` has CRLF line ends (see `normalize`); the
     same object comes back when no line is too long.
-
-    Cost: a line of more than `limit` octets covers a whole aligned block of (limit + 1) // 2
-    octets, so only blocks without a LF (found at C speed) can hold one; a message of short
-    lines is passed over in a few dozen `find` calls per 100 KB.
     """
-    if limit <= 0 or len(content) <= limit:
-        return content
-    block = (limit + 1) // 2
-    find = content.find
-    if all(find(b"\n", start, start + block) >= 0
-           for start in range(0, len(content) - block + 1, block)):  # fmt: skip
+    if limit <= 0 or not has_long_line(content, limit):
         return content
     lines = content.split(b"\r\n")
-    folded = False
     for i, line in enumerate(lines):
         if len(line) > limit:
             pieces = [line[:limit]]
             pieces.extend(b" " + line[at : at + limit - 1]
                           for at in range(limit, len(line), limit - 1))  # fmt: skip
             lines[i] = b"\r\n".join(pieces)
-            folded = True
-    return b"\r\n".join(lines) if folded else content
+    return b"\r\n".join(lines)
+
+
+def has_long_line(content: bytes, limit: int) -> bool:
+    """Whether a line of `content` (CRLF line ends) is longer than `limit` octets, CRLF not
+    counted. From each line start, the next `limit` + 2 octets hold that line's LF unless the
+    line is too long; the walk goes on after the last LF among them, so it takes a step per
+    `limit` octets or so, each a search at C speed (about 10 us per 100 KB)."""
+    window = limit + 2
+    rfind = content.rfind
+    start, end = 0, len(content)
+    while start + window <= end:
+        found = rfind(b"\n", start, start + window)
+        if found < 0:
+            return True
+        start = found + 1
+    # The rest is shorter than the window: only a last line without its CRLF can be too long.
+    return end - max(start, content.rfind(b"\n") + 1) > limit
