@@ -1,8 +1,9 @@
 """The Diagnostics page in a real browser (Chromium driven by Playwright): opened from the
 navigation, a message traced (the SMTP dialogue and a row per recipient, a bad client address
-shown next to its field, a declared size over the limit and SMTPUTF8), the integration check run against the seed's topology with real
-listeners (all ok, then a failure marked once the border gateway stops). Its screenshot is
-taken with the other pages' in test_web_ui."""
+shown next to its field, a declared size over the limit and SMTPUTF8), the integration check run
+against the seed's topology with real listeners (all ok, then a failure marked once the border
+gateway stops), and an auditor's trace from the verification cache (no probe, no check). Its
+screenshot is taken with the other pages' in test_web_ui."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def trace(
     probe_box = form.get_by_label("Probe the next hop now")
     if probe:
         probe_box.check()
-    else:
+    elif probe_box.count():  # an auditor's form has no probe
         probe_box.uncheck()
     form.get_by_role("button", name="Trace").click()
 
@@ -149,20 +150,45 @@ def test_trace_and_integration_check_through_the_web_interface(
     expect(failed.locator(".badge")).to_have_text("FAIL")
 
 
-def test_auditor_sees_diagnostics_without_controls_and_cannot_post(
-    start_gateway: Callable[..., Gateway], browsing: Browsing
+def test_auditor_traces_from_the_cache_and_can_neither_probe_nor_check(
+    start_gateway: Callable[..., Gateway],
+    start_sink: Callable[..., Sink],
+    dns_zone: tuple[Any, str],
+    browsing: Browsing,
 ) -> None:
-    gw = start_gateway(web=True)
+    internal = start_sink(INTERNAL_IP, rcpt_reply=refuse_unknown(MAILBOXES))
+    border = start_sink(BORDER_IP)
+    gw = start_gateway(seed(border.port, internal.port, dns_zone[1]), web=True)
     page = auditor_page(gw, browsing)
     open_section(page, "Diagnostics")
-    expect(page.locator("main")).to_contain_text("The diagnostics are for administrators")
-    expect(page.locator("main form[method=post]")).to_have_count(0)
+    expect(page.locator("main")).to_contain_text(
+        "The integration check and probes are for administrators"
+    )
+    expect(page.get_by_role("button", name="Run the integration check")).to_have_count(0)
+    expect(page.locator("#trace form").get_by_label("Probe the next hop now")).to_have_count(0)
+
+    # A trace from the cache: bob's verification is not known yet, and nobody was asked.
+    trace(page, EXTERNAL_CLIENT_IP, ["bob@example.com", "x@other.example"], probe=False)
+    dialogue = page.locator("#dialogue")
+    expect(dialogue).to_contain_text("MAIL FROM:<alice@ext.org>: 250 2.1.0 Ok")
+    expect(dialogue).to_contain_text("250 2.1.5 Ok if the next hop accepts <bob@example.com>")
+    expect(dialogue).to_contain_text(
+        "RCPT TO:<x@other.example>: 554 5.7.1 <x@other.example>: Relay access denied"
+    )
+    assert internal.sessions == 0
+
+    # Posting a probe or a check anyway is refused, and still nothing is asked.
     token = page.locator("#logout input[name=csrf_token]").get_attribute("value")
     assert token
-    for path in ("/diagnostics/check", "/diagnostics/trace"):
-        refused = page.request.post(
-            gw.web_url + path,
-            form={"csrf_token": token, "client": EXTERNAL_CLIENT_IP, "sender": "a@ext.org",
-                  "recipients": "bob@example.com"},
-        )  # fmt: skip
-        assert refused.status == 403, path
+    form = {"csrf_token": token, "client": EXTERNAL_CLIENT_IP, "sender": "a@ext.org",
+            "recipients": "bob@example.com"}  # fmt: skip
+    refused = page.request.post(gw.web_url + "/diagnostics/trace", form={**form, "probe": "on"})
+    assert refused.status == 403
+    assert "Only an administrator may probe the next hops" in refused.text()
+    refused = page.request.post(gw.web_url + "/diagnostics/check", form=form)
+    assert refused.status == 403
+    # Without the session's CSRF token, not even a trace.
+    refused = page.request.post(gw.web_url + "/diagnostics/trace",
+                                form={**form, "csrf_token": "wrong"})  # fmt: skip
+    assert refused.status == 403
+    assert internal.sessions == 0

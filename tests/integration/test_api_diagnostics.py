@@ -164,17 +164,34 @@ def test_trace_refuses_bad_input_naming_the_field(gw: Gateway, admin: httpx.Clie
     assert "size" in field_errors(admin.post("/trace", json=trace_body(size=-1)))
 
 
-def test_diagnostics_are_for_administrators(
+def test_an_auditor_traces_from_the_cache_but_neither_probes_nor_checks(
     gw: Gateway, admin: httpx.Client, clients: Callable[..., httpx.Client], internal: Sink
 ) -> None:
     ok(admin.post("/accounts", json={"username": "audrey", "password": PASSWORD,
                                      "role": "auditor"}), 201)  # fmt: skip
     auditor = login(clients(gw), "audrey", PASSWORD)
-    for body in (trace_body(probe=True), trace_body()):
-        reply = auditor.post("/trace", json=body)
-        assert reply.status_code == 403, reply.text
+    refused = auditor.post("/trace", json=trace_body(probe=True))
+    assert refused.status_code == 403, refused.text
+    assert "probe: only an administrator may probe the next hops" in refused.text
     assert auditor.post("/check", json={"timeout": TIMEOUT}).status_code == 403
     assert internal.sessions == 0  # no probe, no check made
+
+    # A trace from the cache: the same answer an administrator gets, and nothing asked.
+    traced = ok(auditor.post("/trace", json=trace_body()))
+    assert traced == ok(admin.post("/trace", json=trace_body()))
+    bob, other = traced["recipients"]
+    assert bob["check_result"]["status"] == "unknown"
+    assert other["reply"] == "554 5.7.1 <x@other.example>: Relay access denied"
+    assert internal.sessions == 0
+    # After an administrator's probe, the auditor's trace reads its result from the cache.
+    ok(admin.post("/trace", json=trace_body(probe=True)))
+    sessions = internal.sessions
+    bob = ok(auditor.post("/trace", json=trace_body()))["recipients"][0]
+    assert bob["reply"] == "250 2.1.5 Ok"
+    assert bob["check_result"]["source"].startswith("cache, ")
+    assert internal.sessions == sessions
+    assert [e["actor"] for e in ok(admin.get("/audit?action=verify.test"))] == ["admin"]
+
     anonymous = clients(gw)
     assert anonymous.post("/trace", json=trace_body()).status_code == 401
     assert anonymous.post("/check", json={}).status_code == 401

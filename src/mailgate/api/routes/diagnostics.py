@@ -2,18 +2,20 @@
 replies, recipient verification, next hop, rule; nothing is sent) and the integration check
 (`mailgate check`: the seed's integration tested against the live network, with what to fix).
 
-Both are for administrators: a trace may probe the next hops (recorded in the audit log as
-verify.test), and the check connects to the relayhost, the routes and the internal servers.
+A trace from the verification cache reads what the gateway already knows, so any account may
+make one; a probe asks the next hops (recorded in the audit log as verify.test) and is for
+administrators, as is the check, which connects to the relayhost, the routes and the internal
+servers.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailgate.api.auth import Administrator
+from mailgate.api.auth import Administrator, Reader
 from mailgate.api.routes.common import ERRORS, AdminOf, Invalid, api_route
 from mailgate.trace import TraceError
 
@@ -21,6 +23,11 @@ router = APIRouter(tags=["diagnostics"], route_class=api_route(), responses=ERRO
 
 
 # -- trace -----------------------------------------------------------------------------------
+
+PROBE_REFUSED = (
+    "probe: only an administrator may probe the next hops; without probe, a trace reads the "
+    "verification cache"
+)
 
 
 class TraceRequest(BaseModel):
@@ -41,7 +48,8 @@ class TraceRequest(BaseModel):
     probe: bool = Field(
         False,
         description="Ask the next hop now about recipients to verify (a probe, as at RCPT time; "
-        "the result goes to the verification cache). Default: the cache only.",
+        "the result goes to the verification cache; administrators only). Default: the cache "
+        "only.",
     )
 
 
@@ -87,7 +95,9 @@ class TraceResult(BaseModel):
 
 
 @router.post("/trace", summary="What the gateway would do with a message (nothing is sent)")
-async def trace(body: TraceRequest, admin: AdminOf, identity: Administrator) -> TraceResult:
+async def trace(body: TraceRequest, admin: AdminOf, identity: Reader) -> TraceResult:
+    if body.probe and not identity.account.is_admin:
+        raise HTTPException(403, PROBE_REFUSED)
     try:
         result = await admin.trace(
             client=body.client,

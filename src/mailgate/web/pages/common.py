@@ -142,6 +142,17 @@ async def viewer(request: Request) -> Ctx:
 async def changer(request: Request, *, own_account: bool = False) -> Ctx:
     """A POST that changes something: logged in, the session's CSRF token, an administrator
     (or, with `own_account`, any account changing only itself)."""
+    ctx = await asker(request)
+    if not own_account and not ctx.identity.account.is_admin:
+        raise Exit(
+            error_page(ctx, 403, "This account is read-only (auditor): it cannot change anything.")
+        )
+    return ctx
+
+
+async def asker(request: Request) -> Ctx:
+    """A POST that changes nothing (a question asked with a form): logged in and the
+    session's CSRF token, any account."""
     identity = await identify(request)
     if identity is None:
         raise Exit(redirect("/login"))
@@ -157,10 +168,6 @@ async def changer(request: Request, *, own_account: bool = False) -> Ctx:
                 "missing or wrong. Reload the page and try again.",
             )
         ) from None
-    if not own_account and not identity.account.is_admin:
-        raise Exit(
-            error_page(ctx, 403, "This account is read-only (auditor): it cannot change anything.")
-        )
     return ctx
 
 

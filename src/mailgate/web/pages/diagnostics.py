@@ -2,9 +2,10 @@
 the live network, each finding with what to fix) and a message trace (`mailgate trace`: the
 SMTP dialogue a client would get, each recipient's check, next hop and rule; nothing is sent).
 
-Both are administrators' operations, posted with the CSRF token: the check connects to the
-relayhost, the routes and the internal servers, and a trace may probe the next hops. Their
-results are shown on the page itself (nothing is changed, so there is nothing to redirect to).
+Both are posted with the CSRF token and their results are shown on the page itself (nothing
+is changed, so there is nothing to redirect to). The check connects to the relayhost, the
+routes and the internal servers, and a probe asks the next hops: those are for administrators.
+A trace from the verification cache only reads, so an auditor may make one too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi.responses import Response
 
 from mailgate.trace import Trace, TraceError
 from mailgate.trace import render as dialogue
-from mailgate.web.pages.common import Ctx, changer, page, render, viewer
+from mailgate.web.pages.common import Ctx, asker, changer, error_page, page, render, viewer
 from mailgate.web.pages.forms import FormField, attach_errors, read_all
 
 router = APIRouter()
@@ -27,8 +28,9 @@ MAX_SIZE_DIGITS = 18  # up to 10**18 - 1 bytes: the declared size is only compar
 CHECK_TIMEOUT = 10.0
 
 
-def trace_fields() -> list[FormField]:
-    return [
+def trace_fields(*, can_probe: bool = True) -> list[FormField]:
+    """The trace form's fields; without `can_probe` (an auditor), no probe."""
+    fields = [
         FormField("client", "Client IP address",
                   help="The address of the connecting client: trusted networks, upstream "
                   "gateways and rules are decided by it."),
@@ -45,6 +47,7 @@ def trace_fields() -> list[FormField]:
                   help="Ask the internal server about recipients to verify, as at RCPT time "
                   "(the result goes to the verification cache). Off: the cache only."),
     ]  # fmt: skip
+    return fields if can_probe else [f for f in fields if f.name != "probe"]
 
 
 def _page(
@@ -62,7 +65,7 @@ def _page(
         status,
         title="Diagnostics",
         section="diagnostics",
-        fields=fields or trace_fields(),
+        fields=fields or trace_fields(can_probe=ctx.can_change),
         general=general or [],
         result=result,
         lines=dialogue(result) if result is not None else [],
@@ -100,9 +103,12 @@ def _problems(values: dict[str, Any]) -> list[str]:
 @router.post(BASE + "/trace")
 @page
 async def trace(request: Request) -> Response:
-    ctx = await changer(request)
+    ctx = await asker(request)
     form = await request.form()
-    fields = trace_fields()
+    if form.get("probe") and not ctx.can_change:
+        return error_page(ctx, 403, "Only an administrator may probe the next hops; an "
+                          "auditor's trace reads the verification cache.")  # fmt: skip
+    fields = trace_fields(can_probe=ctx.can_change)
     values = read_all(fields, form)
     for name in ("client", "helo", "sender"):
         values[name] = values[name].strip()
@@ -116,7 +122,7 @@ async def trace(request: Request) -> Response:
                 helo=values["helo"],
                 size=int(values["size"]) if values["size"] is not None else None,
                 smtputf8=values["smtputf8"],
-                probe=values["probe"],
+                probe=bool(values.get("probe")),
                 actor=ctx.account,
             )
         except TraceError as exc:
