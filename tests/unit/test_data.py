@@ -262,10 +262,11 @@ def test_received_header_helo_cannot_close_the_comment() -> None:
 
 
 def postfix_text_out(content: bytes, limit: int, record: int = 2048) -> bytes:
-    """What Postfix's SMTP client writes for `content` (smtp_proto.c, smtp_text_out): the
-    queue file holds each line as records of at most `record` octets (line_length_limit),
-    all but the last of a line marked "continued", and the output is counted record by
-    record. A reference written from that algorithm, not from fold_long_lines."""
+    """What Postfix's SMTP client writes for `content`, before dot-stuffing (smtp_proto.c,
+    smtp_text_out): the queue file holds each line as records of at most `record` octets
+    (line_length_limit), all but the last of a line marked "continued", and the output is
+    counted record by record. A reference written from that algorithm, not from
+    fold_long_lines."""
     out = bytearray()
     space_left = limit
     for line in content.split(b"\r\n")[:-1]:
