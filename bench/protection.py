@@ -172,7 +172,11 @@ OVERHEAD_METHOD = (
     "mailgate's."
 )
 
-_LOAD_SHARE = 0.9  # the engine load must scan at least this share of the messages beside it
+# The engine load shares its CPUs with the engines, the load generator and the sink: where they
+# are saturated it falls behind the rate it is asked for, and the engines then work less beside
+# the core path than beside the all-modules run. That overstates the overhead against
+# core-loaded (the report shows the share kept); below this share the comparison means nothing.
+_LOAD_SHARE = 0.5
 _LOAD_START_TIMEOUT = 60.0  # for bench.engine_load's first scans
 _LOAD_STOP_TIMEOUT = 60.0  # for its scans in flight to end
 _LOG_TIMEOUT = 30.0  # for the message log to record the last messages (it flushes every 0.25 s)
@@ -647,7 +651,8 @@ def check_run(run: dict[str, Any], modules: Sequence[str] = MODULES) -> list[str
             problems.append(f"engine load: {load.get('clean')} of {scans} scans clean, "
                             f"errors {load.get('errors')}")  # fmt: skip
         if scans < _LOAD_SHARE * accepted:
-            problems.append(f"engine load: {scans} scans beside {accepted} messages")
+            problems.append(f"engine load: {scans} scans beside {accepted} messages, "
+                            f"under {_LOAD_SHARE:.0%}")  # fmt: skip
     if run["system"] == "all":
         for module in modules:
             verdicts = scan.get(module, {})
@@ -747,6 +752,17 @@ def compare(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict
                 ),
                 "engine_load_cpu_ms_per_scan": report.median(
                     [1000 * load["cpu_seconds"] / load["scans"] for load in loads]
+                ),
+                "engine_load_share": report.median(
+                    [
+                        run["engine_load"]["scans"] / run["accepted"]
+                        for run in runs
+                        if run["system"] == LOADED
+                        and run["size"] == size
+                        and run["concurrency"] == concurrency
+                        and "engine_load" in run
+                        and run["accepted"]
+                    ]
                 ),
                 "overhead_vs_unpaced_core_ms_per_message": unpaced_overhead,
                 "overhead_user_system_ms_per_message": [
@@ -919,8 +935,9 @@ def markdown(
                 "same messages at the same rate, from a process of its own):",
                 "",
                 "| size | conns | all CPU ms/msg | core-loaded CPU ms/msg | overhead ms/msg "
-                "(range of runs) | engine load's CPU ms/msg | < 1 ms |",
-                "|---:|---:|---:|---:|---:|---:|---|",
+                "(range of runs) | engine load's CPU ms/msg | engine load's scans per message "
+                "| < 1 ms |",
+                "|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
             for item in loaded:
                 overhead = item["overhead_vs_loaded_core_ms_per_message"]
@@ -931,8 +948,16 @@ def markdown(
                     f"| **{_num(overhead, 2)}**"
                     f"{_spread(item['overhead_vs_loaded_core_per_run_ms_per_message'])} "
                     f"| {_num(item['engine_load_cpu_ms_per_scan'], 2)} "
+                    f"| {_num(item['engine_load_share'], 2)} "
                     f"| {'ok' if overhead < OVERHEAD_TARGET_MS else 'MISSED'} |"
                 )
+            lines += [
+                "",
+                "Where the engine load scanned fewer messages than the core path relayed (its "
+                "CPUs saturated), the engines worked less beside the core path than beside the "
+                "all-modules run: the overhead against core-loaded is then overstated, never "
+                "understated.",
+            ]
         lines += thread_table(comparisons)
         lines += [
             "",

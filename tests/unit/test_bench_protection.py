@@ -107,14 +107,17 @@ def test_a_run_checks_only_the_modules_it_turned_on() -> None:
     assert any("SPF pass" in problem for problem in problems)
 
 
-def test_the_engine_load_beside_the_core_path_must_match_the_load_and_come_back_clean() -> None:
+def test_the_engine_load_beside_the_core_path_must_keep_half_the_load_and_come_back_clean() -> None:
     def loaded(**load: object) -> dict[str, object]:
         return {"system": "core-loaded", "accepted": 100, "requested": 100, "lost": 0,
                 "duplicated": 0, "scan": {}, "engine_load": load}  # fmt: skip
 
     assert check_run(loaded(scans=95, clean=95, errors=[])) == []
-    assert check_run(loaded(scans=80, clean=80, errors=[])) == [
-        "engine load: 80 scans beside 100 messages"
+    # Falling behind on saturated CPUs only overstates the overhead: the report shows it.
+    assert check_run(loaded(scans=80, clean=80, errors=[])) == []
+    assert check_run(loaded(scans=50, clean=50, errors=[])) == []
+    assert check_run(loaded(scans=49, clean=49, errors=[])) == [
+        "engine load: 49 scans beside 100 messages, under 50%"
     ]
     [problem] = check_run(loaded(scans=95, clean=94, errors=["antispam error no answer"]))
     assert problem.startswith("engine load: 94 of 95 scans clean")
