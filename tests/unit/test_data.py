@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 import pytest
 
 from mailgate.smtp.data import (
+    END_OF_DATA,
     count_hops,
+    find_end_of_data,
     fold_long_lines,
     has_long_line,
     header_section,
     normalize,
     received_header,
+    stuff,
 )
 
 WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -63,6 +66,50 @@ def test_normalize(raw: bytes, expected: bytes) -> None:
 def test_normalize_leaves_no_bare_line_ends() -> None:
     out = normalize(b"a\nb\rc\r\n.\n.d\r.e\n")
     assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+
+
+def test_unstuffing_then_stuffing_gives_the_wire_form_back() -> None:
+    wire = b"..first\r\nplain\r\n..\r\n...x\r\nend.\r\n"
+    content = normalize(wire)
+    assert content == b".first\r\nplain\r\n.\r\n..x\r\nend.\r\n"
+    assert stuff(content) == wire
+    assert stuff(b"no dot\r\nat a line start.\r\n") == b"no dot\r\nat a line start.\r\n"
+    assert stuff(b".") == b".."
+    assert stuff(b"") == b""
+
+
+# -- find_end_of_data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("buf", "start", "expected"),
+    [
+        (b"\r\nbody\r\n.\r\n", 0, 6),
+        (b"\r\n.\r\n", 0, 0),  # an empty message
+        (b"\r\nbody\r\n.\r", 0, -1),  # not yet complete
+        (b"\r\nbody\r\n..\r\n", 0, -1),  # a stuffed period is content
+        # Pipelined: the first end counts, not the last.
+        (b"\r\na\r\n.\r\nMAIL FROM:<>\r\nb\r\n.\r\n", 0, 3),
+        # Overlapping sequences: the first begins the end.
+        (b"\r\na\r\n.\r\n.\r\n", 0, 3),
+        # The search starts at `start`: an end before it was seen already.
+        (b"\r\na\r\n.\r\nb\r\n.\r\n", 4, 9),
+        (b"\r\na\r\n.\r\n", 4, -1),
+    ],
+)
+def test_find_end_of_data(buf: bytes, start: int, expected: int) -> None:
+    assert find_end_of_data(buf, start) == expected
+    assert find_end_of_data(bytearray(buf), start) == expected
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_find_end_of_data_agrees_with_a_forward_search(seed: int) -> None:
+    # Short random pieces from the sequence's own bytes make ends, overlaps and near misses.
+    rng = random.Random(seed)
+    pieces = [b"\r\n", b".", b"\r", b"\n", b"x", END_OF_DATA, b"\r\n."]
+    buf = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+    for start in range(len(buf) + 1):
+        assert find_end_of_data(buf, start) == buf.find(END_OF_DATA, start), (buf, start)
 
 
 # -- header_section --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from mailgate.config.model import TlsLevel
+from mailgate.smtp.data import stuff
 from mailgate.types import Reply
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
@@ -339,10 +340,7 @@ class SmtpClient:
         if result.data is None:
             result.data = await self._ask(b"DATA\r\n")
         if result.data.code == 354:
-            stuffed = data.replace(b"\r\n.", b"\r\n..")
-            if stuffed.startswith(b"."):
-                stuffed = b"." + stuffed
-            result.data = await self._ask(stuffed + b".\r\n", data_timeout)
+            result.data = await self._ask(stuff(data) + b".\r\n", data_timeout)
         self.last_used = time.monotonic()
         return result
 

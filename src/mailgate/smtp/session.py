@@ -31,7 +31,13 @@ from mailgate.auth.client_origin import real_client
 from mailgate.pipeline.api import RealClient
 from mailgate.smtp import codes
 from mailgate.smtp.address import AddressError, parse_path, printable, split_path
-from mailgate.smtp.data import END_OF_DATA, count_hops, header_section, normalize, received_header
+from mailgate.smtp.data import (
+    count_hops,
+    find_end_of_data,
+    header_section,
+    normalize,
+    received_header,
+)
 from mailgate.smtp.params import (
     MailParams,
     ParamError,
@@ -550,7 +556,7 @@ class SmtpSession(asyncio.Protocol):
     def _data_step(self) -> bool:
         """Look for the end of DATA; return False when more input is needed."""
         buf = self._buf
-        end = buf.find(END_OF_DATA, max(0, self._data_scan - 4))
+        end = find_end_of_data(buf, max(0, self._data_scan - 4))
         txn = self.txn
         assert txn is not None
         limit = txn.runtime.config.main.message_size_limit
