@@ -18,6 +18,7 @@ from mailgate.smtp.data import (
     find_end_of_data,
     fold_long_lines,
     has_long_line,
+    header_line,
     header_section,
     normalize,
     received_header,
@@ -130,6 +131,47 @@ def test_find_end_of_data_agrees_with_a_forward_search(seed: int) -> None:
 )
 def test_header_section(content: bytes, expected: bytes) -> None:
     assert header_section(content) == expected
+
+
+# -- header_line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("X-Mailgate-Antivirus", "clean", "X-Mailgate-Antivirus: clean\r\n"),
+        ("X-Empty", "", "X-Empty: \r\n"),
+        # Control characters, line breaks included, become "?": no header of its own.
+        ("X-A", "a\r\nB: injected\n\tc", "X-A: a??B: injected??c\r\n"),
+        # Runs of spaces become one.
+        ("X-A", "  a   b ", "X-A: a b\r\n"),
+        ("X-A", "bell\x07here", "X-A: bell?here\r\n"),
+        # Exactly 78 characters stays one line; one more folds before the last word.
+        ("X-A", "b" * 73, "X-A: " + "b" * 73 + "\r\n"),
+        ("X-A", "b" * 70 + " cc", "X-A: " + "b" * 70 + " cc\r\n"),
+        ("X-A", "b" * 71 + " cc", "X-A: " + "b" * 71 + "\r\n\tcc\r\n"),
+        # A word longer than the width is not broken.
+        ("X-A", "c" * 100, "X-A: " + "c" * 100 + "\r\n"),
+    ],
+)
+def test_header_line(name: str, value: str, expected: str) -> None:
+    assert header_line(name, value) == expected
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_header_line_folds_at_spaces_within_the_width(seed: int) -> None:
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abc=;.()") for _ in range(rng.randrange(1, 30)))
+             for _ in range(rng.randrange(0, 40))]  # fmt: skip
+    value = " ".join(words)
+    field = header_line("Authentication-Results", value)
+    assert field.endswith("\r\n")
+    lines = field[:-2].split("\r\n")
+    assert all(line.startswith("\t") for line in lines[1:])
+    # Unfolded, it is the field as written; every line fits unless one word alone is longer.
+    assert " ".join(line.removeprefix("\t") for line in lines) == f"Authentication-Results: {value}"
+    for line in lines:
+        assert len(line) <= 78 or " " not in line.removeprefix("\t").partition(": ")[2], line
 
 
 # -- count_hops ------------------------------------------------------------------------------

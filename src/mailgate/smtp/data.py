@@ -123,13 +123,15 @@ def _date(when: datetime | float) -> str:
 
 
 def header_line(name: str, value: str, width: int = 78) -> str:
-    """One header field, folded at spaces (RFC 5322 2.2.3), CRLF-terminated. Any line break
-    in `value` becomes a space: a value can never start a header of its own."""
+    """One header field, folded at spaces (RFC 5322 2.2.3), CRLF-terminated. Any control
+    character in `value` (a line break included) becomes "?": a value can never start a
+    header of its own."""
     clean = " ".join(printable(value, 4000).split())
-    words = clean.split(" ")
-    lines: list[str] = []
     start = current = f"{printable(name, 100)}:"
-    for word in words:
+    if len(start) + 1 + len(clean) <= width:  # most fields: one line, nothing to fold
+        return f"{start} {clean}\r\n"
+    lines: list[str] = []
+    for word in clean.split(" "):
         if len(current) + 1 + len(word) > width and current != start:
             lines.append(current)
             current = "\t" + word
