@@ -394,6 +394,13 @@ def scan_fake(reply: bytes | None, timeout: float = 5.0) -> CheckResult:
         (http("200 OK", b'{"score": 3.5, "symbols": {}}'), "has no action"),
         (http("200 OK", b'{"action": "no action"}'), "has no valid score"),
         (http("200 OK", b'{"action": "reject", "score": "high"}'), "has no valid score"),
+        (http("200 OK", b'{"action": "reject", "score": true}'), "has no valid score"),
+        (http("200 OK", b'{"action": "reject", "score": NaN}'), "has no valid score"),
+        (http("200 OK", b'{"action": "reject", "score": 1e400}'), "has no valid score"),
+        (
+            http("200 OK", b'{"action": "reject", "score": 1' + b"0" * 400 + b"}"),
+            "has no valid score",
+        ),  # a number too big for a float
         (http("200 OK", b'{"action": "quarantine", "score": 1}'), "unknown action 'quarantine'"),
         (http("500 Internal Server Error", b'{"error": "task timeout"}'), "HTTP 500: task timeout"),
         (http("200 OK", b'{"error": "Message\\r\\nInjected: yes"}'), "reports an error"),

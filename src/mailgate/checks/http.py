@@ -25,6 +25,7 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
@@ -67,6 +68,7 @@ class _Target:
     path: str
 
 
+@lru_cache(maxsize=16)  # the scanners' URLs, parsed once rather than once per message
 def _target(url: str) -> _Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -195,9 +195,9 @@ def _symbols(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         return {}
     found: dict[str, float] = {}
-    for name, entry in value.items():
-        score = _number(entry.get("score")) if isinstance(entry, dict) else None
-        found[_printable(str(name))] = score if score is not None else 0.0
+    for name, entry in value.items():  # JSON object keys are strings
+        score = _number(entry.get("score")) if type(entry) is dict else None
+        found[_printable(name)] = score if score is not None else 0.0
     return found
 
 
@@ -215,11 +215,17 @@ def _symbols_header(ranked: list[tuple[str, float]]) -> str:
 
 
 def _number(value: Any) -> float | None:
-    # bool is an int in Python, and JSON's true is no score.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    """A finite JSON number as a float; None for anything else. Exact types: JSON gives no
+    subclasses, and bool (JSON's true) is a subclass of int but no score."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:  # more digits than a float holds
+            return None
+    return None
 
 
 def _error_text(body: bytes) -> str:

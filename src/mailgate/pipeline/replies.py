@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from mailgate.pipeline.settle import settle
+
 __all__ = ["FIRST_ORDER", "WAITED", "ReplyOrder", "Turn", "Turns"]
 
 # Modules that take turns, in the order tried first.
@@ -124,7 +126,7 @@ class Turn:
     async def __aenter__(self) -> None:
         before = self._turns._before(self._module)
         if before is not None:
-            await asyncio.wait([before], timeout=self._patience)  # leaves `before` as it is
+            await settle([before], self._patience)  # leaves `before` as it is
         self._began = time.monotonic()
 
     async def __aexit__(

@@ -19,6 +19,7 @@ from mailgate.metrics import Counters
 from mailgate.pipeline.api import Check, CheckResult, RealClient, ScanContext, Verdict
 from mailgate.pipeline.replies import ReplyOrder
 from mailgate.pipeline.rules import group_recipients
+from mailgate.pipeline.settle import settle
 from mailgate.types import ClientInfo, Envelope
 
 log = logging.getLogger("mailgate.pipeline")
@@ -136,11 +137,13 @@ class Pipeline:
     ) -> dict[str, CheckResult]:
         if not modules:
             return {}
-        tasks = {m: asyncio.ensure_future(self.checks[m].scan(ctx)) for m in modules}
+        loop = asyncio.get_running_loop()
+        tasks = {m: loop.create_task(self.checks[m].scan(ctx)) for m in modules}
         if ctx.turns is not None:
             for module, task in tasks.items():  # a check that ends gives up its turn
                 task.add_done_callback(ctx.turns.releaser(module))
-        _done, pending = await asyncio.wait(tasks.values(), timeout=deadline)
+        await settle(tasks.values(), deadline)
+        pending = [task for task in tasks.values() if not task.done()]
         for task in pending:
             task.cancel()
         results = {}
