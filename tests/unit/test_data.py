@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mailgate.smtp import data
 from mailgate.smtp.data import (
     END_OF_DATA,
     count_hops,
+    crlf_only,
     find_end_of_data,
     fold_long_lines,
     has_long_line,
@@ -67,6 +69,20 @@ def test_normalize(raw: bytes, expected: bytes) -> None:
 def test_normalize_leaves_no_bare_line_ends() -> None:
     out = normalize(b"a\nb\rc\r\n.\n.d\r.e\n")
     assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 1 << 20])
+@pytest.mark.parametrize("seed", range(100))
+def test_crlf_only_agrees_with_counting_line_ends(
+    seed: int, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small windows put the window edges between a CR and its LF, and everywhere else.
+    monkeypatch.setattr(data, "_CRLF_WINDOW", window)
+    rng = random.Random(seed)
+    raw = b"".join(rng.choice([b"\r\n", b"\r\n", b"\r", b"\n", b"a", b"\n\r"])
+                   for _ in range(rng.randrange(0, 12)))  # fmt: skip
+    crlf = raw.count(b"\r\n")
+    assert crlf_only(raw) == (raw.count(b"\r") == crlf == raw.count(b"\n")), raw
 
 
 def test_unstuffing_then_stuffing_gives_the_wire_form_back() -> None:
