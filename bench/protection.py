@@ -9,6 +9,8 @@ load, same run, with the scan engines local.
                                                        # the in-process modules alone
     uv run python -m bench.protection --systems core,all --engine-load
                                                        # also against core-loaded (below)
+    uv run python -m bench.protection --systems core,all --interleave 4
+                                                       # also in one process (bench.interleave)
 
 Systems (``--systems``, default all three):
 
@@ -110,7 +112,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import interleave, report
 from bench.loadgen import SENDER
 from bench.memory import PssSampler, thread_counters, tree_cpu_seconds
 from bench.proc import Child, pin
@@ -240,6 +242,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         f"it ({LOADED}, see bench.engine_load)",
     )
     parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="after each all-modules run, also PAIRS pairs of segments in one mailgate "
+        "process, modules on and off in turn at the all-modules rate (see bench.interleave)",
+    )
+    parser.add_argument(
         "--placement",
         choices=PLACEMENTS,
         default="apart",
@@ -274,6 +284,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if arguments.generators < 1:
         parser.error("--generators must be at least 1")
+    if arguments.interleave < 0 or (arguments.interleave and "all" not in arguments.systems):
+        parser.error("--interleave takes a number of pairs, and needs 'all' among --systems")
     if arguments.profile and (
         "all" not in arguments.systems
         or subprocess.run(["py-spy", "--version"], capture_output=True, check=False).returncode
@@ -628,6 +640,91 @@ class Probe:
             return extra
 
         return after
+
+
+def run_interleaved(
+    arguments: argparse.Namespace,
+    session_dir: Path,
+    number: int,
+    scenario: Scenario,
+    engines: Engines,
+    cpus: Collection[int] | None,
+) -> dict[str, Any]:
+    """One interleaved run (:mod:`bench.interleave`) at the all-modules rate of ``scenario``:
+    its segments, the overhead of its pairs, and what went wrong (a failed run included)."""
+
+    def make_system(sink_port: int) -> tuple[Mailgate, dict[bool, dict[str, Any]]]:
+        system = ProtectedMailgate(run_dir, sink_port, engines, arguments.modules, cpus)
+        off = json.loads(json.dumps(system.config))
+        off["protection"] = protection_config(engines, [])  # every module off: the core path
+        return system, {True: system.config, False: off}
+
+    run_dir = session_dir / f"{number:02d}-{interleave.INTERLEAVED}"
+    run: dict[str, Any] = {
+        "system": interleave.INTERLEAVED,
+        "size": scenario.size,
+        "concurrency": scenario.concurrency,
+        "offered_per_s": scenario.rate,
+        "messages_per_segment": scenario.messages,
+        "pairs": arguments.interleave,
+    }
+    try:
+        with contextlib.ExitStack() as stack:
+            segments = interleave.run_interleaved(arguments, run_dir, f"r{number}", scenario,
+                                                  arguments.interleave, make_system,
+                                                  _scan_counters, stack)  # fmt: skip
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # one broken run must not lose the others
+        return {**run, "error": f"{type(error).__name__}: {error}",
+                "problems": [f"run failed: {type(error).__name__}: {error}"]}  # fmt: skip
+    return {
+        **run,
+        "segments": segments,
+        **interleave.summary(segments),
+        "problems": interleave.check(segments, arguments.modules),
+    }
+
+
+def _describe_interleaved(run: dict[str, Any]) -> str:
+    if "error" in run:
+        return f"FAILED: {run['error']}"
+    pairs = ", ".join(f"{value:.2f}" for value in run["overhead_per_pair_ms_per_message"])
+    return (
+        f"CPU ms/msg off {run['off_cpu_ms_per_message']:.2f} → on "
+        f"{run['on_cpu_ms_per_message']:.2f} (medians), overhead per pair {pairs}"
+    )
+
+
+def interleaved_markdown(runs: list[dict[str, Any]]) -> str:
+    """The interleaved runs' table: one row per run."""
+    good = [run for run in runs if "error" not in run]
+    if not good:
+        return ""
+    lines = [
+        "",
+        "In one process (bench.interleave: segments with the modules off and on in turn, "
+        "ABBA, at the all-modules rate; the overhead of each pair is on minus off):",
+        "",
+        "| size | conns | pairs x messages | msg/s off / on | CPU ms/msg off → on "
+        "| overhead ms/msg (median; pairs) | user / sys | loop thread | < 1 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in good:
+        overhead = run["overhead_ms_per_message"]
+        pairs = ", ".join(f"{value:.2f}" for value in run["overhead_per_pair_ms_per_message"])
+        lines.append(
+            f"| {_size(run['size'])} | {run['concurrency']} "
+            f"| {run['pairs']} x {run['messages_per_segment']} "
+            f"| {_num(run['off_per_s'])} / {_num(run['on_per_s'])} "
+            f"| {_num(run['off_cpu_ms_per_message'], 2)} → {_num(run['on_cpu_ms_per_message'], 2)} "
+            f"| **{_num(overhead, 2)}** ({pairs}) "
+            f"| {_num(run['user_overhead_ms_per_message'], 2)} / "
+            f"{_num(run['system_overhead_ms_per_message'], 2)} "
+            f"| {_num(run['loop_overhead_ms_per_message'], 2)} "
+            f"| {'ok' if overhead < OVERHEAD_TARGET_MS else 'MISSED'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def check_run(run: dict[str, Any], modules: Sequence[str] = MODULES) -> list[str]:
@@ -1193,6 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in others:
             _progress(f"    {line}")
     runs: list[dict[str, Any]] = []
+    interleaved: list[dict[str, Any]] = []
     engines_info: dict[str, Any] = {}
     configurations: dict[str, Any] = {}
     interrupted = False
@@ -1230,6 +1328,17 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", offered at {scenario.rate:.0f}/s" if scenario.rate else "")
                     )
                     began = time.monotonic()
+                    if system_name == interleave.INTERLEAVED:
+                        mailgate_cpus = cpus["mailgate"] if cpus else None
+                        one = run_interleaved(
+                            arguments, session_dir, number, scenario, engines, mailgate_cpus
+                        )
+                        one["repeat"] = repeat
+                        interleaved.append(one)
+                        _progress(f"    {_describe_interleaved(interleaved[-1])}")
+                        for problem in interleaved[-1]["problems"]:
+                            _progress(f"    PROBLEM: {problem}")
+                        continue
                     probe.load = scenario if system_name == LOADED else None
                     probe.run_dir = session_dir / f"{number:02d}-{system_name}"
                     try:
@@ -1271,6 +1380,9 @@ def main(argv: list[str] | None = None) -> int:
                         pending.insert(0, (PACED, paced))
                         if arguments.engine_load and set(ENGINE_MODULES) & set(arguments.modules):
                             pending.insert(1, (LOADED, paced))
+                    if system_name == "all" and arguments.interleave and run.get("accepted"):
+                        paced = dataclasses.replace(scenario, rate=run["accepted_per_s"])
+                        pending.append((interleave.INTERLEAVED, paced))
                     _progress(f"    {_describe(run)} ({run['wall_seconds']} s)")
                     if "scan" in run:
                         _progress(f"    scan: {run['scan'] or 'none'}")
@@ -1294,6 +1406,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, run in enumerate(runs)
     }
     table = markdown(rows, comparisons, runs, problems, arguments.systems, arguments.modules)
+    table += interleaved_markdown(interleaved)
     table += "\n" + placement_text(cpus) + "\n"
     table += profile_markdown(runs)
     if len(measured) > 1:
@@ -1325,6 +1438,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": arguments.profile,
             "modules": arguments.modules,
             "engine_load": arguments.engine_load,
+            "interleave": arguments.interleave,
             "placement": arguments.placement,
         },
         "configurations": configurations,
@@ -1340,6 +1454,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": rows,
         "comparisons": comparisons,
+        "interleaved": interleaved,
         "problems": {key: value for key, value in problems.items() if value},
         "table": table,
     }
@@ -1352,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     print(f"JSON: {output}")
-    failed = interrupted or any(run["problems"] for run in runs)
+    failed = interrupted or any(run["problems"] for run in (*runs, *interleaved))
     return 1 if failed else 0
 
 

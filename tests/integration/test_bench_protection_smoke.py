@@ -1,7 +1,9 @@
 """The protection benchmark (``bench/protection.py``) still runs end to end: ``python -m
 bench.protection --quick`` relays a handful of messages through mailgate without scanning and
 with all five modules on (a real clamd and Rspamd, SPF and DMARC through a local DNS server),
-and (``--engine-load``) once more with the engines scanning the same load beside it.
+and (``--engine-load``) once more with the engines scanning the same load beside it; then
+(``--interleave 1``) one mailgate process relays a segment with the modules off and one with
+them on, the change imported into the running gateway in between.
 
 It asserts that every module scanned every message (all clean, SPF and DMARC pass) and that
 nothing was lost; it says nothing about speed.
@@ -30,7 +32,10 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert rspamd_available(), "Debian's rspamd package is not installed"
     assert os.geteuid() == 0, "Rspamd drops to its own account: run as root"
     stdout, document = run_quick(
-        "bench.protection", tmp_path / "protection.json", timeout=300, options=["--engine-load"]
+        "bench.protection",
+        tmp_path / "protection.json",
+        timeout=300,
+        options=["--engine-load", "--interleave", "1"],
     )
     runs = {run["system"]: run for run in document["runs"]}
     assert sorted(runs) == ["all", "core", "core-loaded", "core-paced"]
@@ -116,3 +121,24 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert "| core |" in stdout
     assert "| core-paced |" in stdout
     assert "overhead ms/msg" in stdout
+
+    # In one process: a priming segment with the modules on, then off, then on, at the
+    # all-modules rate; the configuration changed under the running gateway each time.
+    [interleaved] = document["interleaved"]
+    assert interleaved["problems"] == []
+    assert interleaved["offered_per_s"] == full["accepted_per_s"]
+    segments = interleaved["segments"]
+    assert [(s.get("priming", False), s["modules_on"]) for s in segments] == [
+        (True, True), (False, False), (False, True)
+    ]  # fmt: skip
+    priming, off, on = segments
+    assert priming["accepted"] == priming["requested"] == QUICK_MESSAGES // 4
+    for one in (off, on):
+        assert one["accepted"] == one["requested"] == QUICK_MESSAGES
+        assert one["lost"] == one["duplicated"] == 0
+    assert off["scan"] == {}
+    assert on["scan"] == {module: {"clean": QUICK_MESSAGES} for module in MODULES}
+    assert interleaved["overhead_per_pair_ms_per_message"] == [
+        on["cpu_ms_per_message"] - off["cpu_ms_per_message"]
+    ]
+    assert "In one process" in stdout
