@@ -247,7 +247,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         metavar="PAIRS",
         help="after each all-modules run, also PAIRS pairs of segments in one mailgate "
-        "process, modules on and off in turn at the all-modules rate (see bench.interleave)",
+        "process, modules on and off in turn at 90%% of the all-modules rate (see bench.interleave)",
     )
     parser.add_argument(
         "--placement",
@@ -650,7 +650,7 @@ def run_interleaved(
     engines: Engines,
     cpus: Collection[int] | None,
 ) -> dict[str, Any]:
-    """One interleaved run (:mod:`bench.interleave`) at the all-modules rate of ``scenario``:
+    """One interleaved run (:mod:`bench.interleave`) at the rate of ``scenario``:
     its segments, the overhead of its pairs, and what went wrong (a failed run included)."""
 
     def make_system(sink_port: int) -> tuple[Mailgate, dict[bool, dict[str, Any]]]:
@@ -704,7 +704,8 @@ def interleaved_markdown(runs: list[dict[str, Any]]) -> str:
     lines = [
         "",
         "In one process (bench.interleave: segments with the modules off and on in turn, "
-        "ABBA, at the all-modules rate; the overhead of each pair is on minus off):",
+        f"ABBA, offered {interleave.RATE_SHARE:.0%} of the all-modules rate; the overhead of "
+        "each pair is on minus off):",
         "",
         "| size | conns | pairs x messages | msg/s off / on | CPU ms/msg off → on "
         "| overhead ms/msg (median; pairs) | user / sys | loop thread | < 1 ms |",
@@ -1381,8 +1382,9 @@ def main(argv: list[str] | None = None) -> int:
                         if arguments.engine_load and set(ENGINE_MODULES) & set(arguments.modules):
                             pending.insert(1, (LOADED, paced))
                     if system_name == "all" and arguments.interleave and run.get("accepted"):
-                        paced = dataclasses.replace(scenario, rate=run["accepted_per_s"])
-                        pending.append((interleave.INTERLEAVED, paced))
+                        rate = interleave.RATE_SHARE * run["accepted_per_s"]
+                        pending.append((interleave.INTERLEAVED,
+                                        dataclasses.replace(scenario, rate=rate)))  # fmt: skip
                     _progress(f"    {_describe(run)} ({run['wall_seconds']} s)")
                     if "scan" in run:
                         _progress(f"    scan: {run['scan'] or 'none'}")

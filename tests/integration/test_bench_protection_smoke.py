@@ -122,11 +122,11 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
     assert "| core-paced |" in stdout
     assert "overhead ms/msg" in stdout
 
-    # In one process: a priming segment with the modules on, then off, then on, at the
-    # all-modules rate; the configuration changed under the running gateway each time.
+    # In one process: a priming segment with the modules on, then off, then on, at 90% of
+    # the all-modules rate; the configuration changed under the running gateway each time.
     [interleaved] = document["interleaved"]
     assert interleaved["problems"] == []
-    assert interleaved["offered_per_s"] == full["accepted_per_s"]
+    assert interleaved["offered_per_s"] == 0.9 * full["accepted_per_s"]
     segments = interleaved["segments"]
     assert [(s.get("priming", False), s["modules_on"]) for s in segments] == [
         (True, True), (False, False), (False, True)
