@@ -247,7 +247,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         metavar="PAIRS",
         help="after each all-modules run, also PAIRS pairs of segments in one mailgate "
-        "process, modules on and off in turn at 90%% of the all-modules rate (see bench.interleave)",
+        "process, modules on and off in turn at 90%% of the all-modules rate "
+        "(see bench.interleave)",
     )
     parser.add_argument(
         "--placement",
