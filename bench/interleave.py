@@ -35,8 +35,8 @@ from typing import Any
 from bench import report
 from bench.memory import thread_counters, tree_cpu_split
 from bench.proc import Child
-from bench.run import _START_TIMEOUT, _WARMUP_TIMEOUT, Scenario, SinkControl
-from bench.systems import SINK_HOST, Mailgate
+from bench.run import _WARMUP_TIMEOUT, Scenario, SinkControl, start_sink
+from bench.systems import Mailgate
 
 __all__ = [
     "INTERLEAVED",
@@ -45,6 +45,7 @@ __all__ = [
     "order",
     "pair_overheads",
     "run_interleaved",
+    "scan_delta",
     "summary",
 ]
 
@@ -89,14 +90,7 @@ def run_interleaved(
     """The segments of one interleaved run, in order. ``make_system(sink_port)`` gives the
     mailgate to start and its configuration with the modules on (True) and off (False)."""
     run_dir.mkdir(mode=0o755)
-    sink = Child(
-        "sink",
-        ["-m", "bench.sink", "--host", SINK_HOST, "--control", str(run_dir / "sink.ctl")],
-        run_dir / "sink.stderr",
-    )
-    stack.callback(sink.stop)
-    sink_port = int(sink.read(_START_TIMEOUT)["port"])
-    control = SinkControl(run_dir / "sink.ctl")
+    _, sink_port, control = start_sink(run_dir, stack)
     system, configurations = make_system(sink_port)
     files = {}
     for modules_on, configuration in configurations.items():
@@ -177,11 +171,7 @@ def _segment(
     measured = report.measure(tag, count, records, ids, times)
     user, sys_ = user_after - user_before, system_after - system_before
     per = 1000 / accepted if accepted else math.nan
-    scan: dict[str, dict[str, int]] = {}
-    for name, value in counters_after.items():
-        if value != counters_before.get(name, 0):
-            _, module, verdict = name.split(".", 2)
-            scan.setdefault(module, {})[verdict] = value - counters_before.get(name, 0)
+    scan = scan_delta(counters_before, counters_after)
     segment: dict[str, Any] = {
         "tag": tag,
         **measured,
@@ -196,6 +186,17 @@ def _segment(
         segment["loop_cpu_ms_per_message"] = (threads.main_user + threads.main_system) * per
         segment["workers_cpu_ms_per_message"] = (threads.others_user + threads.others_system) * per
     return segment
+
+
+def scan_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Module → verdict → messages, from two readings of mailgate's ``scan.MODULE.VERDICT``
+    counters."""
+    scan: dict[str, dict[str, int]] = {}
+    for name, value in after.items():
+        if value != before.get(name, 0):
+            _, module, verdict = name.split(".", 2)
+            scan.setdefault(module, {})[verdict] = value - before.get(name, 0)
+    return scan
 
 
 def summary(segments: list[dict[str, Any]]) -> dict[str, Any]:

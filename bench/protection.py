@@ -613,11 +613,7 @@ class Probe:
             counters_after = _scan_counters(system)
             queries = Counter(engines.dns.queries.snapshot())
             queries.subtract(queries_before)
-            scan: dict[str, dict[str, int]] = {}
-            for name, value in counters_after.items():
-                if value != counters_before.get(name, 0):
-                    _, module, verdict = name.split(".", 2)
-                    scan.setdefault(module, {})[verdict] = value - counters_before.get(name, 0)
+            scan = interleave.scan_delta(counters_before, counters_after)
             extra: dict[str, Any] = {
                 "scan": scan,
                 "engine_cpu_seconds": {

@@ -311,6 +311,17 @@ class SinkControl:
 # One run
 
 
+def start_sink(run_dir: Path, stack: contextlib.ExitStack) -> tuple[Child, int, SinkControl]:
+    """The capture sink of one run, stopped with ``stack``: its process, port and control."""
+    sink = Child(
+        "sink",
+        ["-m", "bench.sink", "--host", SINK_HOST, "--control", str(run_dir / "sink.ctl")],
+        run_dir / "sink.stderr",
+    )
+    stack.callback(sink.stop)
+    return sink, int(sink.read(_START_TIMEOUT)["port"]), SinkControl(run_dir / "sink.ctl")
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
 
@@ -417,14 +428,7 @@ def run_one(
     run_dir = session_dir / f"{number:02d}-{system_name}"
     run_dir.mkdir(mode=0o755)
     tag = f"r{number}"
-    sink = Child(
-        "sink",
-        ["-m", "bench.sink", "--host", SINK_HOST, "--control", str(run_dir / "sink.ctl")],
-        run_dir / "sink.stderr",
-    )
-    stack.callback(sink.stop)
-    sink_port = int(sink.read(_START_TIMEOUT)["port"])
-    control = SinkControl(run_dir / "sink.ctl")
+    sink, sink_port, control = start_sink(run_dir, stack)
 
     fingerprint = source_fingerprint(mailgate_source())
     system: SystemUnderTest = factory(system_name, run_dir, sink_port)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bench.interleave import check, order, pair_overheads, summary
+from bench.interleave import check, order, pair_overheads, scan_delta, summary
 
 MODULES = ["antivirus", "content"]
 
@@ -62,3 +62,14 @@ def test_a_lost_message_or_a_wrong_scan_is_a_problem_in_any_segment() -> None:
         "segment s0 (modules off): scanned with the modules off: {'content': {'clean': 100}}",
         "segment s1 (modules on): not every message scanned clean: {'content': {'error': 100}}",
     ]
+
+
+def test_scan_counters_become_messages_per_module_and_verdict() -> None:
+    before = {"scan.antivirus.clean": 10, "scan.antispam.clean": 10, "scan.auth.clean": 3}
+    after = {"scan.antivirus.clean": 15, "scan.antivirus.infected": 1,
+             "scan.antispam.clean": 10, "scan.auth.clean": 8}  # fmt: skip
+    assert scan_delta(before, after) == {
+        "antivirus": {"clean": 5, "infected": 1},
+        "auth": {"clean": 5},
+    }
+    assert scan_delta(after, after) == {}
