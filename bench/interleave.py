@@ -14,10 +14,9 @@ moment.
 Each segment: the configuration imported, a warm-up (which also brings the new settings into
 use), then the scenario's messages offered at 90% of the all-modules rate (`RATE_SHARE`),
 and the CPU of the mailgate process from the first measured message until the last one
-reached the sink. A priming
-segment with the modules on comes first and is not measured: the first messages a process
-scans pay for what it does once (imports, caches, the DNS answers of the authentication
-checks), which no later segment pays again.
+reached the sink. A priming segment with the modules on comes first and is not measured:
+the first messages a process scans pay for what it does once (imports, caches, the DNS
+answers of the authentication checks), which no later segment pays again.
 """
 
 from __future__ import annotations
