@@ -13,10 +13,11 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mailgate.admin.accounts import Accounts
 from mailgate.admin.service import Admin
@@ -47,6 +48,7 @@ from mailgate.verify.probe import Prober
 from mailgate.verify.service import Verifier, cache_key, entry_json, parse_address
 
 if TYPE_CHECKING:
+    from mailgate.checks.rspamd import RspamdCheck
     from mailgate.web.server import WebServer
 
 log = logging.getLogger("mailgate.master")
@@ -99,6 +101,24 @@ def make_resolver(settings: DnsSettings) -> DnsPythonResolver:
 def make_auth_dns(resolver: DnsPythonResolver) -> ResolverSpfDns:
     """DNS for SPF, DKIM and DMARC: routing's resolver, name servers and cache."""
     return ResolverSpfDns(resolver, DnsPythonRecords(resolver))
+
+
+def make_checks(auth_dns: Callable[[], ResolverSpfDns]) -> dict[str, Check]:
+    """The scan modules, by name; each runs when Protection enables it and a rule scans.
+    ``auth_dns`` gives the authentication module the current resolver."""
+    from mailgate.checks.auth import AuthCheck
+    from mailgate.checks.clamav import ClamavCheck
+    from mailgate.checks.content import ContentCheck
+    from mailgate.checks.phishing import PhishingCheck
+    from mailgate.checks.rspamd import RspamdCheck
+
+    return {
+        "antivirus": ClamavCheck(),
+        "antispam": RspamdCheck(),
+        "content": ContentCheck(),
+        "phishing": PhishingCheck(),
+        "auth": AuthCheck(auth_dns),
+    }
 
 
 class Gateway:
@@ -250,21 +270,9 @@ class Gateway:
                 log.exception("cannot read the configuration store")
 
     def _checks(self) -> dict[str, Check]:
-        """The scan modules; each runs when Protection enables it and a rule scans."""
-        from mailgate.checks.auth import AuthCheck
-        from mailgate.checks.clamav import ClamavCheck
-        from mailgate.checks.content import ContentCheck
-        from mailgate.checks.phishing import PhishingCheck
-        from mailgate.checks.rspamd import RspamdCheck
-
-        self.rspamd = RspamdCheck()
-        return {
-            "antivirus": ClamavCheck(),
-            "antispam": self.rspamd,
-            "content": ContentCheck(),
-            "phishing": PhishingCheck(),
-            "auth": AuthCheck(lambda: self.auth_dns),
-        }
+        checks = make_checks(lambda: self.auth_dns)
+        self.rspamd = cast("RspamdCheck", checks["antispam"])
+        return checks
 
     def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
         self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,

@@ -3,7 +3,9 @@ bench.protection --quick`` relays a handful of messages through mailgate without
 with all five modules on (a real clamd and Rspamd, SPF and DMARC through a local DNS server),
 and (``--engine-load``) once more with the engines scanning the same load beside it; then
 (``--interleave 1``) one mailgate process relays a segment with the modules off and one with
-them on, the change imported into the running gateway in between.
+them on, the change imported into the running gateway in between. ``python -m
+bench.pipeline_cost --quick`` runs the pipeline alone against the same engines, with each
+module set.
 
 It asserts that every module scanned every message (all clean, SPF and DMARC pass) and that
 nothing was lost; it says nothing about speed.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.pipeline_cost import MODULE_SETS, WARMUP
 from bench.protection import placement
 
 from mailgate.testing.clamd import clamd_available
@@ -142,3 +145,18 @@ def test_quick_protection_benchmark_scans_every_message_without_losing_mail(
         on["cpu_ms_per_message"] - off["cpu_ms_per_message"]
     ]
     assert "In one process" in stdout
+
+
+def test_quick_pipeline_cost_scans_every_message_with_each_module_set(tmp_path: Path) -> None:
+    assert clamd_available(), "Debian's clamav-daemon package is not installed"
+    assert rspamd_available(), "Debian's rspamd package is not installed"
+    stdout, document = run_quick("bench.pipeline_cost", tmp_path / "cost.json", timeout=300)
+    rows = document["rows"]
+    assert [tuple(row["modules"]) for row in rows] == list(MODULE_SETS.values())
+    for row in rows:
+        assert row["problems"] == []
+        assert (row["size"], row["messages"], row["in_flight"]) == (2048, 20, 1)
+        assert row["clean"] == dict.fromkeys(row["modules"], WARMUP + 20)
+        assert row["cpu_ms"] >= 0
+    assert "| 2 KB | 1 | all |" in stdout
+    assert "| 2 KB | 1 | none |" in stdout
