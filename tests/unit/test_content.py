@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.checks.content import HEADER, ContentCheck, true_types
+from mailgate.checks.content import HEADER, ContentCheck, _is_zip, true_types
 from mailgate.config.protection import ContentSettings, PhishingSettings, Protection
 from mailgate.pipeline.api import CheckResult, RealClient, ScanContext, Verdict
 from mailgate.types import ClientInfo, Envelope, Recipient
@@ -488,3 +488,26 @@ def test_scan_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     result = scan(message())
     assert result.verdict is Verdict.ERROR
     assert result.detail == "unexpected RuntimeError: boom"
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_zip_bytes(), True),
+        (b"MZ" + bytes(5000) + _zip_bytes(), True),  # a self-extractor: bytes before the zip
+        (b"x" * 70000 + _zip_bytes(), True),  # the end record within the last 64 KiB
+        (b"Dear customer,\r\n" * 5000, False),  # text: no 0x06 byte, no end record
+        (b"text \x06 with the byte but no record" * 100, False),
+        (b"PK\x05\x06", True),  # an empty archive is its end record
+        (b"", False),
+    ],
+)
+def test_a_zip_is_found_by_its_end_record_and_text_is_not(data: bytes, expected: bool) -> None:
+    assert _is_zip(data) is expected

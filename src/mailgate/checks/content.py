@@ -323,7 +323,13 @@ def _is_zip(data: bytes) -> bool:
     included, find it there even after prepended bytes)."""
     if data[:4] in (_LOCAL_HEADER, _EOCD):
         return True
-    end = data.rfind(_EOCD, max(0, len(data) - 65557))
+    start = max(0, len(data) - 65557)
+    # The end record's signature ends in 0x06, a byte that text does not hold: a one-byte
+    # search (memrchr, ~1 us per 64 KB) rules out a text part, where the signature's own
+    # search takes about 20 times longer.
+    if data.rfind(b"\x06", start) < 0:
+        return False
+    end = data.rfind(_EOCD, start)
     if end < 0 or len(data) - end < 22:
         return False
     # A plausible end record: its directory fits before it (bytes that merely look like the
