@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import wake
 from bench.loadgen import RECIPIENT, SENDER, Message
 from bench.proc import new_event_loop, pin
 from bench.protection import (
@@ -207,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows.append(row)
         finally:
             loop.close()
-    document = {"machine": machine_info(), "rows": rows}
+    machine = machine_info()
+    machine["wake"] = wake.probe(cpus["mailgate"] if cpus else None)
+    document = {"machine": machine, "rows": rows}
     print(markdown(rows))
+    print(f"\n{wake.describe(machine['wake'])}.")
     if arguments.output:
         arguments.output.write_text(json.dumps(document, indent=2) + "\n")
     problems = [problem for row in rows for problem in row["problems"]]

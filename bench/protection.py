@@ -112,7 +112,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import interleave, report
+from bench import interleave, report, wake
 from bench.loadgen import SENDER
 from bench.memory import PssSampler, thread_counters, tree_cpu_seconds
 from bench.proc import Child, pin
@@ -1282,6 +1282,7 @@ def main(argv: list[str] | None = None) -> int:
         # bound to its own CPU once started.
         pin([os.getpid()], cpus["engines"])
     machine = machine_info()
+    machine["wake"] = wake.probe(cpus["mailgate"] if cpus else None)
     others = other_benchmarks()
     if others:
         _progress("WARNING: other benchmarks are running; the measurements overlap:")
@@ -1464,6 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['mailgate_fingerprint']}, {engines_info.get('clamd', {}).get('version', '?')}, "
         f"{engines_info.get('rspamd', {}).get('version', '?')})\n"
     )
+    print(f"{wake.describe(machine['wake'])}.\n")
     print(table)
     print(f"JSON: {output}")
     failed = interrupted or any(run["problems"] for run in (*runs, *interleaved))
