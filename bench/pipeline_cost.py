@@ -56,7 +56,7 @@ from bench.protection import (
 from bench.run import machine_info, session_directory
 from bench.systems import CLIENT_ADDRESS
 from mailgate.config.model import Config
-from mailgate.intake import _subset
+from mailgate.intake import group_envelope
 from mailgate.metrics import Counters
 from mailgate.pipeline.api import RealClient, Verdict
 from mailgate.pipeline.runner import Pipeline
@@ -110,7 +110,7 @@ async def measure(
         if ran != set(modules) or unclean:
             problems.append(f"message {index}: modules {sorted(ran)}, not clean: {unclean}")
         for group in decision.groups:
-            _subset(envelope, group, envelope.qid)
+            group_envelope(envelope, group, envelope.qid)
 
     async def run(first: int, count: int) -> None:
         async def worker(offset: int) -> None:
@@ -125,7 +125,6 @@ async def measure(
     await run(WARMUP, messages)
     wall = time.perf_counter() - began
     cpu_after, user_after, system_after = _thread_cpu()
-    await pipeline.checks["antispam"].aclose()  # type: ignore[attr-defined]
     return {
         "modules": list(modules),
         "size": size,

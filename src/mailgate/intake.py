@@ -101,7 +101,7 @@ class Intake:
         try:
             for group in groups:
                 qid = envelope.qid if queued_as is None else new_queue_id()
-                part = _subset(envelope, group, qid)
+                part = group_envelope(envelope, group, qid)
                 if group.action in (Action.SKIP, Action.DELETE_ATTACHMENT):
                     body = content
                     if group.action is Action.DELETE_ATTACHMENT:
@@ -217,7 +217,9 @@ def _plain(decision: Decision) -> bool:
     return group.action is Action.SKIP and not group.headers and group.subject_tag is None
 
 
-def _subset(envelope: Envelope, group: GroupDecision, qid: str) -> Envelope:
+def group_envelope(envelope: Envelope, group: GroupDecision, qid: str) -> Envelope:
+    """The envelope of one rule group's recipients, queued as `qid`, with the group's header
+    fields rendered in front of the message (applied on delivery) and its subject tag."""
     headers = "".join(header_line(name, value) for name, value in group.headers)
     extra = dict(envelope.extra)
     if group.subject_tag:
