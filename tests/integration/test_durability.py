@@ -66,10 +66,13 @@ def test_full_disk_gives_452_and_never_a_false_250(
     free = gw.gateway.spool.free_bytes()  # type: ignore[union-attr]
     filler.write_bytes(b"\0" * (free - 1_700_000))
     # Two sessions pass the MAIL check (1.5 x the size limit is still free); one message fits.
+    # The second ends its data once the first is stored: two commits writing at the same time
+    # may both run out of space (each client then hears 452, which is also right).
     first, second = start_message(gw, 900_000), start_message(gw, 900_000)
     first.send(b".\r\n")
+    replies = [str(first.reply())]
     second.send(b".\r\n")
-    replies = sorted([str(first.reply()), str(second.reply())])
+    replies.append(str(second.reply()))
     first.close()
     second.close()
     assert replies[0].startswith("250 2.0.0 Ok: queued as ")
@@ -95,6 +98,34 @@ def test_full_disk_gives_452_and_never_a_false_250(
     gw.flush()
     (message,) = sink.wait_for(1)
     assert message.data.endswith((b"z" * 998 + b"\r\n") * 900)
+
+
+def test_commits_that_run_out_of_space_together_give_452_and_leave_nothing_behind(
+    start_gateway: Callable[..., Gateway], small_spool: Path
+) -> None:
+    port = free_port(INTERNAL_IP)
+    gw = start_gateway({
+        "domains": [{"name": "example.com", "route": {"host": INTERNAL_IP, "port": port}}],
+        "main": {"message_size_limit": 1_000_000},
+        "advanced": {"queue": {"minimal_backoff_time": 300, "maximal_backoff_time": 300}},
+    })  # fmt: skip
+    free = gw.gateway.spool.free_bytes()  # type: ignore[union-attr]
+    (small_spool / "filler").write_bytes(b"\0" * (free - 1_700_000))
+    sessions = [start_message(gw, 900_000) for _ in range(2)]
+    for session in sessions:  # both ends of data at once: the commits may overlap
+        session.send(b".\r\n")
+    replies = [str(session.reply()) for session in sessions]
+    for session in sessions:
+        session.close()
+    queued = [reply.rsplit(" ", 1)[1] for reply in replies if reply.startswith("250 ")]
+    assert all(
+        reply.startswith("250 2.0.0 Ok: queued as ")
+        or reply == "452 4.3.1 Insufficient system storage"
+        for reply in replies
+    ), replies
+    assert len(queued) <= 1  # both cannot fit
+    assert sorted(i["qid"] for i in gw.queue()) == sorted(queued)  # no false 250
+    assert list((small_spool / "incoming").iterdir()) == []  # no partial file left
 
 
 class Load:
