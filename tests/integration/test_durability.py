@@ -53,18 +53,26 @@ def start_message(gw: Gateway, size: int) -> RawSmtp:
     return c
 
 
-def test_full_disk_gives_452_and_never_a_false_250(
-    start_gateway: Callable[..., Gateway], start_sink: Callable[..., Sink], small_spool: Path
-) -> None:
+def start_short_of_space(
+    start_gateway: Callable[..., Gateway], spool: Path
+) -> tuple[Gateway, int, Path]:
+    """A gateway (size limit 1 MB, retries far off) whose spool has 1.7 MB left: room for one
+    900 KB message, and 1.5 x the size limit at MAIL. Its next hop's port, and the filler."""
     port = free_port(INTERNAL_IP)
     gw = start_gateway({
         "domains": [{"name": "example.com", "route": {"host": INTERNAL_IP, "port": port}}],
         "main": {"message_size_limit": 1_000_000},
         "advanced": {"queue": {"minimal_backoff_time": 300, "maximal_backoff_time": 300}},
     })  # fmt: skip
-    filler = small_spool / "filler"
-    free = gw.gateway.spool.free_bytes()  # type: ignore[union-attr]
-    filler.write_bytes(b"\0" * (free - 1_700_000))
+    filler = spool / "filler"
+    filler.write_bytes(b"\0" * (gw.gateway.spool.free_bytes() - 1_700_000))  # type: ignore[union-attr]
+    return gw, port, filler
+
+
+def test_full_disk_gives_452_and_never_a_false_250(
+    start_gateway: Callable[..., Gateway], start_sink: Callable[..., Sink], small_spool: Path
+) -> None:
+    gw, port, filler = start_short_of_space(start_gateway, small_spool)
     # Two sessions pass the MAIL check (1.5 x the size limit is still free); one message fits.
     # The second ends its data once the first is stored: two commits writing at the same time
     # may both run out of space (each client then hears 452, which is also right).
@@ -103,14 +111,7 @@ def test_full_disk_gives_452_and_never_a_false_250(
 def test_commits_that_run_out_of_space_together_give_452_and_leave_nothing_behind(
     start_gateway: Callable[..., Gateway], small_spool: Path
 ) -> None:
-    port = free_port(INTERNAL_IP)
-    gw = start_gateway({
-        "domains": [{"name": "example.com", "route": {"host": INTERNAL_IP, "port": port}}],
-        "main": {"message_size_limit": 1_000_000},
-        "advanced": {"queue": {"minimal_backoff_time": 300, "maximal_backoff_time": 300}},
-    })  # fmt: skip
-    free = gw.gateway.spool.free_bytes()  # type: ignore[union-attr]
-    (small_spool / "filler").write_bytes(b"\0" * (free - 1_700_000))
+    gw, _, _ = start_short_of_space(start_gateway, small_spool)
     sessions = [start_message(gw, 900_000) for _ in range(2)]
     for session in sessions:  # both ends of data at once: the commits may overlap
         session.send(b".\r\n")
