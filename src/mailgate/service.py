@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from mailgate.admin.accounts import Accounts
 from mailgate.admin.service import Admin
@@ -48,7 +48,6 @@ from mailgate.verify.probe import Prober
 from mailgate.verify.service import Verifier, cache_key, entry_json, parse_address
 
 if TYPE_CHECKING:
-    from mailgate.checks.rspamd import RspamdCheck
     from mailgate.web.server import WebServer
 
 log = logging.getLogger("mailgate.master")
@@ -168,7 +167,7 @@ class Gateway:
         node = revision.config.main.hostname
         self.tracking = MessageLog(self.engine, node)
         self.quarantine = Quarantine(self.paths.quarantine, self.engine, node)
-        self.pipeline = Pipeline(self._checks(), self.counters)
+        self.pipeline = Pipeline(make_checks(lambda: self.auth_dns), self.counters)
         self.scheduler.on_outcome = self._track_outcome
         self.intake = Intake(
             self.scheduler,
@@ -268,11 +267,6 @@ class Gateway:
                 await self.reload()
             except Exception:  # the store may be briefly unreachable; keep serving mail
                 log.exception("cannot read the configuration store")
-
-    def _checks(self) -> dict[str, Check]:
-        checks = make_checks(lambda: self.auth_dns)
-        self.rspamd = cast("RspamdCheck", checks["antispam"])
-        return checks
 
     def _track_outcome(self, envelope: Envelope, recipient: Recipient, outcome: Outcome) -> None:
         self.tracking.delivery(envelope.qid, recipient.address, outcome.status, outcome.dsn,
@@ -383,7 +377,7 @@ class Gateway:
             await self.server.stop()
         await self.control.stop()
         await self.verifier.close()
-        await self.rspamd.aclose()
+        await self.pipeline.aclose()
         await self.scheduler.stop()
         self.spool.close()
         self.tracking.close()

@@ -207,3 +207,26 @@ def test_real_client_sources_and_who_may_give_them() -> None:
 def test_rule_names_and_tags_are_single_printable_lines() -> None:
     with pytest.raises(ValueError, match="printable"):
         Rule(name="x", spam_tag="[SPAM]\r\nBcc: evil@example.org")
+
+
+def test_closing_the_pipeline_closes_each_check_that_holds_something() -> None:
+    closed: list[str] = []
+
+    class Holding:
+        module = "antispam"
+
+        async def scan(self, ctx: ScanContext) -> CheckResult:
+            return CheckResult(self.module, Verdict.CLEAN)
+
+        async def aclose(self) -> None:
+            closed.append(self.module)
+
+    class Plain:
+        module = "content"
+
+        async def scan(self, ctx: ScanContext) -> CheckResult:
+            return CheckResult(self.module, Verdict.CLEAN)
+
+    pipeline = Pipeline({"antispam": Holding(), "content": Plain()}, Counters())
+    asyncio.run(pipeline.aclose())
+    assert closed == ["antispam"]

@@ -96,6 +96,13 @@ class Pipeline:
         self.counters = counters
         self.replies = ReplyOrder()
 
+    async def aclose(self) -> None:
+        """Release what the checks hold between messages (those with an ``aclose``)."""
+        for check in self.checks.values():
+            close = getattr(check, "aclose", None)
+            if close is not None:
+                await close()
+
     async def decide(
         self,
         config: Config,
